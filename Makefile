@@ -1,0 +1,39 @@
+# The two commands: `make run` (set up and run the pipeline, embedded) and
+# `make test` (set up and run every test). Both build .venv on first use.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test setup system-deps lint bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first and pinned: the CPU wheel, not the registry's newest CUDA build.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# Debian packages the tests use: DCMTK (storescu/echoscu/storescp) and Chromium.
+system-deps:
+	@if ! command -v /usr/bin/storescu >/dev/null || ! command -v chromium >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends dcmtk chromium; \
+	fi
+
+run: $(STAMP)
+	$(BIN)/prelim run
+
+test: $(STAMP) system-deps
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy prelim db dicom_listener flows models review
+
+clean:
+	rm -rf $(VENV) .pytest_cache test-artifacts
