@@ -66,9 +66,9 @@ def _run(settings: Settings, args: argparse.Namespace) -> int | None:
 
 
 def _listen(settings: Settings, args: argparse.Namespace) -> int | None:
-    from dicom_listener.service import serve
+    from prelim.runner import run_listener
 
-    return serve(settings)
+    return run_listener(settings)
 
 
 def _worker(settings: Settings, args: argparse.Namespace) -> int | None:

@@ -1,0 +1,124 @@
+"""``prelim run`` (everything in one process tree) and ``prelim listen``."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from typing import Any
+
+from prelim.database import Database, open_database
+from prelim.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def wait_for_signal() -> None:
+    """Block until SIGINT or SIGTERM."""
+    stop = threading.Event()
+    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@contextmanager
+def review_server(settings: Settings, database: Database) -> Iterator[Any]:
+    """The review app served by uvicorn in a thread."""
+    import uvicorn
+
+    from review.app import create_app
+
+    app = create_app(settings, database)
+    config = uvicorn.Config(
+        app, host=settings.review_host, port=settings.review_port, log_level="warning",
+        access_log=False,
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="prelim-review", daemon=True)
+    thread.start()
+    while not server.started and thread.is_alive():
+        threading.Event().wait(0.05)
+    try:
+        yield server
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+@contextmanager
+def embedded_stack(settings: Settings, *, review: bool = True) -> Iterator[dict[str, Any]]:
+    """Prefect server (unless PREFECT_API_URL is set), pipeline, listener and review app."""
+    with ExitStack() as stack:
+        info: dict[str, Any] = {}
+        database = open_database(settings)
+        stack.callback(database.dispose)
+        if not os.environ.get("PREFECT_API_URL"):
+            from prelim.prefect_server import EmbeddedPrefectServer
+
+            server = EmbeddedPrefectServer(settings)
+            server.start()
+            stack.callback(server.stop)
+            # Before the first import of prefect in this process: it reads these once.
+            os.environ.update(server.env)
+            info["dashboard"] = server.dashboard_url
+        else:
+            info["dashboard"] = os.environ["PREFECT_API_URL"].removesuffix("/api")
+
+        from dicom_listener.service import start_listener
+        from flows.drafting import get_batcher
+        from flows.local import LocalPipeline
+        from flows.worker import ensure_gpu_limit
+
+        log.info("loading the model %s", settings.model)
+        get_batcher(settings)
+        ensure_gpu_limit(settings)
+        pipeline = LocalPipeline(database, threads=settings.gpu_concurrency)
+        pipeline.start()
+        stack.callback(pipeline.stop)
+        listener = start_listener(settings, database, trigger=pipeline.submit)
+        stack.callback(listener.stop)
+        info.update(listener=listener, pipeline=pipeline, database=database)
+        if review:
+            stack.enter_context(review_server(settings, database))
+            info["review"] = f"http://{settings.review_host}:{settings.review_port}/"
+        yield info
+
+
+def run_all(settings: Settings) -> int:
+    with embedded_stack(settings) as info:
+        listener = info["listener"]
+        print(
+            "prelim is running\n"
+            f"  DICOM listener : AE {settings.ae_title} at {settings.listener_host}:{listener.port}\n"
+            f"  review page    : {info['review']}\n"
+            f"  Prefect        : {info['dashboard']}\n"
+            f"  model          : {settings.model}\n"
+            "Ctrl-C stops everything.",
+            flush=True,
+        )
+        wait_for_signal()
+        print("stopping...", flush=True)
+    return 0
+
+
+def run_listener(settings: Settings) -> int:
+    from dicom_listener.service import serve
+
+    trigger: Callable[[str], None] | None = None
+    if os.environ.get("PREFECT_API_URL"):
+        from flows.trigger import deployment_trigger
+
+        trigger = deployment_trigger(settings)
+    else:
+        log.warning(
+            "PREFECT_API_URL is not set: studies will be stored and marked ready, but no "
+            "pipeline run is triggered (use `prelim run` for everything on one machine)"
+        )
+    return serve(settings, trigger=trigger)
