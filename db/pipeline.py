@@ -80,9 +80,7 @@ def _set_state(
     session: Session, study_key: str, generation: int, state: StudyState, reason: str | None
 ) -> bool:
     # Lock the row (a no-op on SQLite, whose transactions already hold the write lock).
-    study = session.scalar(
-        select(Study).where(Study.study_key == study_key).with_for_update()
-    )
+    study = session.scalar(select(Study).where(Study.study_key == study_key).with_for_update())
     if study is None:
         raise StudyNotFound(f"no study has key {study_key}")
     if study.generation != generation:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections.abc import Callable
 
 from db.engine import transaction
 from db.pipeline import unfinished_studies
@@ -58,8 +59,17 @@ class LocalPipeline:
             thread.join(timeout_s)
 
     def _work(self) -> None:
+        from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
         from flows.ingest import ingest_study
 
+        # Heartbeats let a runner's server spot crashed subprocesses; here the run is in
+        # this process, recovery is ours (unfinished studies re-run at start-up), and the
+        # heartbeat thread's shutdown adds up to a second to every study.
+        with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+            self._loop(ingest_study)
+
+    def _loop(self, ingest_study: Callable[[str], object]) -> None:
         while True:
             key = self._queue.get()
             if key == _STOP:

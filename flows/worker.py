@@ -34,7 +34,8 @@ def serve_worker(settings: Settings) -> int:
     get_batcher(settings)
     ensure_gpu_limit(settings)
     name = settings.deployment.split("/", 1)[-1]
-    log.info("serving deployment ingest-study/%s, %d run(s) at a time", name,
-             settings.gpu_concurrency)
+    log.info(
+        "serving deployment ingest-study/%s, %d run(s) at a time", name, settings.gpu_concurrency
+    )
     ingest_study.serve(name=name, limit=settings.gpu_concurrency, print_starting_message=True)
     return 0

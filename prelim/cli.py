@@ -102,6 +102,7 @@ def _db_upgrade(settings: Settings, args: argparse.Namespace) -> int | None:
 
 def _user_add(settings: Settings, args: argparse.Namespace) -> int | None:
     from db.reviewers import add_reviewer
+
     from db.engine import transaction
     from prelim.database import open_database
 
@@ -157,8 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(handler=handler)
         return p
 
-    p = add("run", _run, "run everything on this machine: Prefect server, listener, "
-            "pipeline worker and review app")
+    p = add(
+        "run",
+        _run,
+        "run everything on this machine: Prefect server, listener, pipeline worker and review app",
+    )
     _common_flags(p)
     _listener_flags(p)
     _review_flags(p)
@@ -176,12 +180,21 @@ def build_parser() -> argparse.ArgumentParser:
     _common_flags(p)
     _review_flags(p)
 
-    p = add("demo", _demo, "send synthetic studies through the real C-STORE path to a "
-            "running prelim and wait for their drafts")
+    p = add(
+        "demo",
+        _demo,
+        "send synthetic studies through the real C-STORE path to a "
+        "running prelim and wait for their drafts",
+    )
     _common_flags(p)
     _listener_flags(p)
-    p.add_argument("--timeout", type=float, default=600.0, metavar="S",
-                   help="give up waiting for drafts after S seconds (default 600)")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=600.0,
+        metavar="S",
+        help="give up waiting for drafts after S seconds (default 600)",
+    )
 
     p = add("db", lambda s, a: None, "database maintenance")
     db_sub = p.add_subparsers(dest="db_command", metavar="ACTION", required=True)
@@ -195,15 +208,21 @@ def build_parser() -> argparse.ArgumentParser:
     ua.set_defaults(handler=_user_add)
     ua.add_argument("name", help="sign-in name")
     ua.add_argument("--display-name", help="name shown on signed reports")
-    ua.add_argument("--password-stdin", action="store_true",
-                    help="read the password from standard input (for scripts)")
+    ua.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from standard input (for scripts)",
+    )
     _common_flags(ua)
 
     p = add("queue", _queue, "print the study and review queue summary")
     _common_flags(p)
 
-    p = add("build-test-model", _build_test_model,
-            "build the tiny random Gemma 3 model used by the tests, offline")
+    p = add(
+        "build-test-model",
+        _build_test_model,
+        "build the tiny random Gemma 3 model used by the tests, offline",
+    )
     p.add_argument("dir", type=Path, help="folder to write it to")
 
     p = add("config", _config, "print every setting, its variable and default")
@@ -212,8 +231,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 _NOT_SETTINGS = {
-    "command", "handler", "db_command", "user_command", "name", "display_name",
-    "password_stdin", "dir", "timeout", "current",
+    "command",
+    "handler",
+    "db_command",
+    "user_command",
+    "name",
+    "display_name",
+    "password_stdin",
+    "dir",
+    "timeout",
+    "current",
 }
 
 

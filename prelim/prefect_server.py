@@ -37,12 +37,23 @@ def prefect_env(home: Path, port: int) -> dict[str, str]:
     }
 
 
+def activate(env: dict[str, str]) -> None:
+    """Point this process's Prefect client at a server, also if prefect is already imported."""
+    os.environ.update(env)
+    if "prefect.context" in sys.modules:
+        from prefect.context import refresh_global_settings_context
+
+        refresh_global_settings_context()
+
+
 def _port_busy(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def wait_healthy(api_url: str, timeout_s: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+def wait_healthy(
+    api_url: str, timeout_s: float, proc: subprocess.Popen[bytes] | None = None
+) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -54,7 +65,9 @@ def wait_healthy(api_url: str, timeout_s: float, proc: subprocess.Popen[bytes] |
         except (urllib.error.URLError, OSError):
             pass
         time.sleep(0.25)
-    raise PrefectServerError(f"the Prefect server at {api_url} did not answer within {timeout_s:.0f} s")
+    raise PrefectServerError(
+        f"the Prefect server at {api_url} did not answer within {timeout_s:.0f} s"
+    )
 
 
 class EmbeddedPrefectServer:
@@ -84,11 +97,24 @@ class EmbeddedPrefectServer:
         self.home.mkdir(parents=True, exist_ok=True)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **self.env}
-        cmd = [sys.executable, "-m", "prefect", "server", "start",
-               "--host", "127.0.0.1", "--port", str(self.port)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "prefect",
+            "server",
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+        ]
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen(
-                cmd, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                cmd,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
         log.info("starting the Prefect server (log: %s)", self.log_path)

@@ -28,16 +28,31 @@ def wait_for_signal() -> None:
             signal.signal(sig, handler)
 
 
+def drain_prefect_clients(timeout_s: float = 10.0) -> None:
+    """Send Prefect's queued logs and events now, so shutdown does not wait on retries."""
+    import sys
+
+    if "prefect" not in sys.modules:
+        return
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        worker.drain_all(timeout=timeout_s)
+
+
 @contextmanager
 def review_server(settings: Settings, database: Database) -> Iterator[Any]:
     """The review app served by uvicorn in a thread."""
     import uvicorn
-
     from review.app import create_app
 
     app = create_app(settings, database)
     config = uvicorn.Config(
-        app, host=settings.review_host, port=settings.review_port, log_level="warning",
+        app,
+        host=settings.review_host,
+        port=settings.review_port,
+        log_level="warning",
         access_log=False,
     )
     server = uvicorn.Server(config)
@@ -60,18 +75,20 @@ def embedded_stack(settings: Settings, *, review: bool = True) -> Iterator[dict[
         database = open_database(settings)
         stack.callback(database.dispose)
         if not os.environ.get("PREFECT_API_URL"):
-            from prelim.prefect_server import EmbeddedPrefectServer
+            from prelim.prefect_server import EmbeddedPrefectServer, activate
 
             server = EmbeddedPrefectServer(settings)
             server.start()
             stack.callback(server.stop)
-            # Before the first import of prefect in this process: it reads these once.
-            os.environ.update(server.env)
+            # Runs before server.stop: flush Prefect's log and event queues while it listens.
+            stack.callback(drain_prefect_clients)
+            activate(server.env)
             info["dashboard"] = server.dashboard_url
         else:
             info["dashboard"] = os.environ["PREFECT_API_URL"].removesuffix("/api")
 
         from dicom_listener.service import start_listener
+
         from flows.drafting import get_batcher
         from flows.local import LocalPipeline
         from flows.worker import ensure_gpu_limit
@@ -94,9 +111,10 @@ def embedded_stack(settings: Settings, *, review: bool = True) -> Iterator[dict[
 def run_all(settings: Settings) -> int:
     with embedded_stack(settings) as info:
         listener = info["listener"]
+        where = f"{settings.listener_host}:{listener.port}"
         print(
             "prelim is running\n"
-            f"  DICOM listener : AE {settings.ae_title} at {settings.listener_host}:{listener.port}\n"
+            f"  DICOM listener : AE {settings.ae_title} at {where}\n"
             f"  review page    : {info['review']}\n"
             f"  Prefect        : {info['dashboard']}\n"
             f"  model          : {settings.model}\n"
