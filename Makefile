@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test setup system-deps lint bench clean
+.PHONY: run demo test setup system-deps lint bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,7 @@ system-deps:
 	fi
 
 run: $(STAMP)
-	$(BIN)/prelim run
+	$(BIN)/prelim run --stand-in-if-missing
 
 test: $(STAMP) system-deps
 	$(BIN)/python -m pytest
@@ -37,3 +37,10 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache test-artifacts
+
+demo: $(STAMP)
+	$(BIN)/prelim demo
+
+# Regenerate the configuration table in README.md from the settings object.
+readme: $(STAMP)
+	$(BIN)/python -c "import pathlib; from prelim.config_doc import readme_with_table as r; p = pathlib.Path('README.md'); p.write_text(r(p.read_text()))"

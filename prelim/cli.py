@@ -60,8 +60,10 @@ def _common_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _run(settings: Settings, args: argparse.Namespace) -> int | None:
+    from prelim.model_choice import choose_model
     from prelim.runner import run_all
 
+    settings, _ = choose_model(settings, allow_stand_in=args.stand_in_if_missing)
     return run_all(settings)
 
 
@@ -167,6 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
     _listener_flags(p)
     _review_flags(p)
     _model_flags(p)
+    p.add_argument(
+        "--stand-in-if-missing",
+        action="store_true",
+        help="when the model's weights are not on this machine, say so and use the tiny "
+        "stand-in model (meaningless text) instead of stopping",
+    )
 
     p = add("listen", _listen, "run the DICOM listener (C-ECHO, C-STORE) alone")
     _common_flags(p)

@@ -26,3 +26,13 @@ def settings_table(current: Settings | None = None) -> str:
             value = field.get_default(call_default_factory=True)
         rows.append(f"| `PRELIM_{name.upper()}` | `{_show(value)}` | {field.description} |")
     return "\n".join(rows)
+
+
+BEGIN, END = "<!-- settings:begin -->", "<!-- settings:end -->"
+
+
+def readme_with_table(readme: str) -> str:
+    """``readme`` with the text between the settings markers replaced by the table."""
+    head, rest = readme.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    return f"{head}{BEGIN}\n{settings_table()}\n{END}{tail}"

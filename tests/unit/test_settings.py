@@ -52,3 +52,12 @@ def test_embedded_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     assert s.resolved_database_url == f"sqlite:///{tmp_path.resolve() / 'prelim.db'}"
     assert s.resolved_spool_dir == (tmp_path / "spool").resolve()
     assert s.listener_port == 11112 and s.ae_title == "PRELIM"
+
+
+def test_readme_configuration_table_is_current() -> None:
+    from pathlib import Path
+
+    from prelim.config_doc import readme_with_table
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    assert readme == readme_with_table(readme), "run `make readme` to regenerate the table"
