@@ -11,7 +11,6 @@ import time
 from functools import lru_cache
 from typing import Any
 
-from db.queue import enqueue_draft, record_failure
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
@@ -21,6 +20,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from db.engine import transaction
 from db.pipeline import StudyInputs, finish_study, load_study_inputs, start_processing
+from db.queue import enqueue_draft, record_failure
 from db.tables import StudyState
 from flows.drafting import ModelNotAvailable, get_batcher
 from flows.prepare import PreparedStudy, prepare_study

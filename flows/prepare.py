@@ -14,14 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pydicom
-from flows.context import study_context
-from flows.deid import UidMapper, burned_in_text_risk, deidentify
-from flows.preprocess import ct_slice_image, to_model_image
-from flows.select import Candidate, select_images
 from PIL import Image
 from pydicom.errors import InvalidDicomError
 
 from db.pipeline import StudyInputs
+from flows.context import study_context
+from flows.deid import UidMapper, burned_in_text_risk, deidentify
+from flows.preprocess import ct_slice_image, to_model_image
+from flows.select import Candidate, select_images
 from prelim.errors import PrelimError
 
 log = logging.getLogger(__name__)

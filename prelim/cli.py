@@ -88,7 +88,7 @@ def _review(settings: Settings, args: argparse.Namespace) -> int | None:
 def _demo(settings: Settings, args: argparse.Namespace) -> int | None:
     from prelim.demo import run_demo
 
-    return run_demo(settings, timeout_s=args.timeout)
+    return run_demo(settings, timeout_s=args.timeout, stay=not args.exit)
 
 
 def _db_upgrade(settings: Settings, args: argparse.Namespace) -> int | None:
@@ -103,9 +103,8 @@ def _db_upgrade(settings: Settings, args: argparse.Namespace) -> int | None:
 
 
 def _user_add(settings: Settings, args: argparse.Namespace) -> int | None:
-    from db.reviewers import add_reviewer
-
     from db.engine import transaction
+    from db.reviewers import add_reviewer
     from prelim.database import open_database
 
     if args.password_stdin:
@@ -191,8 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(
         "demo",
         _demo,
-        "send synthetic studies through the real C-STORE path to a "
-        "running prelim and wait for their drafts",
+        "start prelim here, send synthetic chest X-ray and CT studies through the real "
+        "C-STORE path, wait for their drafts and print a summary",
     )
     _common_flags(p)
     _listener_flags(p)
@@ -202,6 +201,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=600.0,
         metavar="S",
         help="give up waiting for drafts after S seconds (default 600)",
+    )
+    p.add_argument(
+        "--exit",
+        action="store_true",
+        help="stop once the drafts are in, instead of serving until Ctrl-C",
     )
 
     p = add("db", lambda s, a: None, "database maintenance")
@@ -249,6 +253,8 @@ _NOT_SETTINGS = {
     "dir",
     "timeout",
     "current",
+    "stand_in_if_missing",
+    "exit",
 }
 
 

@@ -45,6 +45,7 @@ def drain_prefect_clients(timeout_s: float = 10.0) -> None:
 def review_server(settings: Settings, database: Database) -> Iterator[Any]:
     """The review app served by uvicorn in a thread."""
     import uvicorn
+
     from review.app import create_app
 
     app = create_app(settings, database)
@@ -88,7 +89,6 @@ def embedded_stack(settings: Settings, *, review: bool = True) -> Iterator[dict[
             info["dashboard"] = os.environ["PREFECT_API_URL"].removesuffix("/api")
 
         from dicom_listener.service import start_listener
-
         from flows.drafting import get_batcher
         from flows.local import LocalPipeline
         from flows.worker import ensure_gpu_limit
