@@ -54,7 +54,9 @@ class Settings(BaseSettings):
 
     # -- DICOM listener ----------------------------------------------------
     listener_host: str = Field("0.0.0.0", description="Address the DICOM listener binds.")
-    listener_port: int = Field(11112, ge=1, le=65535, description="DICOM listener port.")
+    listener_port: int = Field(
+        11112, ge=0, le=65535, description="DICOM listener port (0 picks a free one)."
+    )
     ae_title: str = Field("PRELIM", max_length=16, description="The listener's AE title.")
     allowed_ae_titles: list[str] = Field(
         default_factory=list,

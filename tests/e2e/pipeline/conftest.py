@@ -1,0 +1,62 @@
+"""A Prefect server for the session and the embedded prelim stack on the tiny model."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from prelim.prefect_server import EmbeddedPrefectServer, activate
+from prelim.settings import Settings, load_settings
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPrefectServer]:
+    """A real Prefect server (SQLite) that this test process's flows report to."""
+    data = tmp_path_factory.mktemp("prefect")
+    server = EmbeddedPrefectServer(load_settings(data_dir=data), port=free_port())
+    server.start()
+    activate(server.env)
+    try:
+        yield server
+    finally:
+        from prelim.runner import drain_prefect_clients
+
+        drain_prefect_clients()
+        server.stop()
+
+
+@pytest.fixture
+def stack_settings(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> Settings:
+    monkeypatch.setenv("PRELIM_CONFIG", str(tmp_path / "absent.toml"))
+    return load_settings(
+        data_dir=tmp_path / "var",
+        model=str(tiny_model_dir),
+        device="cpu",
+        max_new_tokens=16,
+        listener_host="127.0.0.1",
+        listener_port=free_port(),
+        review_port=free_port(),
+        stable_age_s=1.0,
+    )
+
+
+@pytest.fixture
+def stack(
+    stack_settings: Settings, prefect_server: EmbeddedPrefectServer
+) -> Iterator[dict[str, Any]]:
+    from prelim.runner import embedded_stack
+
+    with embedded_stack(stack_settings, review=False) as info:
+        yield info
