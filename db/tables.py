@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
+    JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Enum,
     ForeignKey,
@@ -21,6 +24,7 @@ from sqlalchemy import (
     String,
     Text,
     func,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -126,3 +130,149 @@ class Instance(Base):
     )
 
     study: Mapped[Study] = relationship(back_populates="instances")
+
+
+# -- review queue --------------------------------------------------------------
+
+
+class DraftState(enum.StrEnum):
+    QUEUED = "queued"  # waiting for a reviewer
+    CLAIMED = "claimed"  # leased to one reviewer until claim_expires_at
+    SIGNED = "signed"  # approved, as drafted or edited; see reviews
+    REJECTED = "rejected"  # the reviewer refused the draft; see reviews.reason
+    FAILED = "failed"  # the pipeline failed permanently; see state_reason
+    SKIPPED = "skipped"  # nothing the model may see (burned-in text); see state_reason
+    SUPERSEDED = "superseded"  # a later generation of the study replaced it
+
+
+# A study has at most one draft in these states (the partial unique index below).
+ACTIVE_DRAFT_STATES = (
+    DraftState.QUEUED,
+    DraftState.CLAIMED,
+    DraftState.FAILED,
+    DraftState.SKIPPED,
+)
+_ACTIVE_SQL = "state IN ('queued', 'claimed', 'failed', 'skipped')"
+
+
+class ReviewOutcome(enum.StrEnum):
+    APPROVED = "approved"  # signed exactly as drafted
+    EDITED = "edited"  # signed after changes
+    REJECTED = "rejected"
+
+
+class Reviewer(Base):
+    __tablename__ = "reviewers"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    display_name: Mapped[str] = mapped_column(String(128))
+    password_hash: Mapped[str] = mapped_column(String(256))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+
+
+class Draft(Base):
+    __tablename__ = "drafts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"))
+    generation: Mapped[int] = mapped_column(Integer)
+    state: Mapped[DraftState] = mapped_column(str_enum(DraftState, "draft_state"))
+    state_reason: Mapped[str | None] = mapped_column(Text)
+    priority: Mapped[int] = mapped_column(Integer, default=0)  # copied from the study
+    modality: Mapped[str] = mapped_column(String(64), default="")  # copied, for filtering
+
+    findings: Mapped[str] = mapped_column(Text, default="")
+    impression: Mapped[str] = mapped_column(Text, default="")
+    raw_text: Mapped[str] = mapped_column(Text, default="")
+    flags: Mapped[list[str]] = mapped_column(JSON, default=list)
+    provenance: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    model_id: Mapped[str] = mapped_column(String(256), default="")
+    prompt_version: Mapped[str] = mapped_column(String(64), default="")
+    # Paths relative to the images folder of the de-identified PNGs the model saw.
+    images: Mapped[list[str]] = mapped_column(JSON, default=list)
+
+    # The reviewer's working copy, kept while the draft is claimed.
+    edited_findings: Mapped[str | None] = mapped_column(Text)
+    edited_impression: Mapped[str | None] = mapped_column(Text)
+
+    claimed_by: Mapped[int | None] = mapped_column(ForeignKey("reviewers.id"))
+    claimed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    claim_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    study: Mapped[Study] = relationship()
+    claimant: Mapped[Reviewer | None] = relationship()
+
+    __table_args__ = (
+        Index(
+            "uq_drafts_active_study",
+            "study_id",
+            unique=True,
+            sqlite_where=text(_ACTIVE_SQL),
+            postgresql_where=text(_ACTIVE_SQL),
+        ),
+        Index(
+            "ix_drafts_claim_expiry",
+            "claim_expires_at",
+            sqlite_where=text("state = 'claimed'"),
+            postgresql_where=text("state = 'claimed'"),
+        ),
+        Index("ix_drafts_state_priority_created", "state", "priority", "created_at"),
+        Index("ix_drafts_model_prompt", "model_id", "prompt_version"),
+    )
+
+
+# The claim walks this in order: priority first, then oldest.
+Index(
+    "ix_drafts_queued_order",
+    Draft.priority.desc(),
+    Draft.created_at,
+    Draft.id,
+    sqlite_where=text("state = 'queued'"),
+    postgresql_where=text("state = 'queued'"),
+)
+
+
+class Review(Base):
+    """A reviewer's decision on a draft: the signed text or the rejection reason."""
+
+    __tablename__ = "reviews"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    draft_id: Mapped[int] = mapped_column(
+        ForeignKey("drafts.id", ondelete="CASCADE"), unique=True
+    )
+    reviewer_id: Mapped[int] = mapped_column(ForeignKey("reviewers.id"))
+    outcome: Mapped[ReviewOutcome] = mapped_column(str_enum(ReviewOutcome, "review_outcome"))
+    findings: Mapped[str | None] = mapped_column(Text)
+    impression: Mapped[str | None] = mapped_column(Text)
+    reason: Mapped[str | None] = mapped_column(Text)
+    # The quality signal: how far the signed text is from the draft.
+    edit_distance: Mapped[int] = mapped_column(Integer, default=0)  # in words
+    sections_changed: Mapped[list[str]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class AuditEvent(Base):
+    """Append-only: one row per view, claim, edit, sign, reject, release, sign-in."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    reviewer_id: Mapped[int | None] = mapped_column(ForeignKey("reviewers.id"))
+    actor: Mapped[str] = mapped_column(String(64))  # the sign-in name, kept if renamed
+    action: Mapped[str] = mapped_column(String(24))
+    # No foreign key: the log outlives what it describes.
+    draft_id: Mapped[int | None] = mapped_column(Integer)
+    outcome: Mapped[str] = mapped_column(String(24))
+    detail: Mapped[str | None] = mapped_column(Text)
+    address: Mapped[str | None] = mapped_column(String(64))
+
+    __table_args__ = (Index("ix_audit_events_draft_at", "draft_id", "at"),)

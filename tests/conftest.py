@@ -23,6 +23,14 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("PREFECT_TELEMETRY_ENABLE_RESOURCE_METRICS", "false")
 
 
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny random Gemma 3 test model, built once per test session."""
+    from models.testmodel import build_test_model
+
+    return build_test_model(tmp_path_factory.mktemp("models") / "tiny-gemma3")
+
+
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     """Settings rooted in a temp folder, SQLite database, no prelim.toml."""

@@ -1,0 +1,282 @@
+"""The review queue's writes: drafts in from the pipeline, claims and releases.
+
+This is the only place with the claim query. On PostgreSQL a claim is one
+``UPDATE ... WHERE id = (SELECT ... FOR UPDATE SKIP LOCKED) RETURNING``, so
+concurrent reviewers never wait on each other's rows; on SQLite the same
+statement runs inside a ``BEGIN IMMEDIATE`` transaction (see db.engine), which
+makes the database the single writer.
+
+A claim is a lease: it ends at ``claim_expires_at`` unless the reviewer's
+activity renews it, after which anyone may claim the draft.
+
+Statements go through ``session.connection()``: as plain Core they skip the
+ORM's bulk-update bookkeeping, which costs more than the query itself.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+from typing import Any
+
+from sqlalchemy import (
+    DateTime,
+    Integer,
+    TextClause,
+    and_,
+    bindparam,
+    insert,
+    or_,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.orm import Session
+
+from db.audit import Action, Actor, Outcome, record
+from db.pipeline import StudyNotFound
+from db.tables import ACTIVE_DRAFT_STATES, Draft, DraftState, Study
+
+__all__ = [
+    "StudyNotFound",
+    "claim",
+    "claim_next",
+    "enqueue_draft",
+    "record_failure",
+    "release",
+    "renew",
+    "why_refused",
+]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _lock_study(session: Session, study_key: str) -> Study:
+    # Locking the study row serialises concurrent enqueues of one study, so the
+    # supersede below always sees the other transaction's draft.
+    study = session.scalar(select(Study).where(Study.study_key == study_key).with_for_update())
+    if study is None:
+        raise StudyNotFound(f"no study has key {study_key}")
+    return study
+
+
+def _supersede_active(session: Session, study: Study, generation: int, now: datetime) -> None:
+    session.connection().execute(
+        update(Draft)
+        .where(Draft.study_id == study.id, Draft.state.in_(ACTIVE_DRAFT_STATES))
+        .values(
+            state=DraftState.SUPERSEDED,
+            state_reason=f"replaced by a draft of generation {generation}",
+            claim_expires_at=None,
+            updated_at=now,
+        )
+    )
+
+
+def _insert_draft(session: Session, study: Study, generation: int, **values: Any) -> int:
+    now = _now()
+    _supersede_active(session, study, generation, now)
+    draft_id = session.connection().execute(
+        insert(Draft)
+        .values(
+            study_id=study.id,
+            generation=generation,
+            priority=study.priority,
+            modality=study.modalities or "",
+            created_at=now,
+            updated_at=now,
+            **values,
+        )
+        .returning(Draft.id)
+    ).scalar_one()
+    return int(draft_id)
+
+
+def enqueue_draft(
+    session: Session,
+    *,
+    study_key: str,
+    generation: int,
+    findings: str,
+    impression: str,
+    raw_text: str,
+    flags: list[str],
+    provenance: dict[str, Any],
+    model_id: str,
+    prompt_version: str,
+    images: list[str],
+) -> int:
+    """Queue a draft for review; any active draft of the study becomes superseded."""
+    study = _lock_study(session, study_key)
+    return _insert_draft(
+        session,
+        study,
+        generation,
+        state=DraftState.QUEUED,
+        findings=findings,
+        impression=impression,
+        raw_text=raw_text,
+        flags=list(flags),
+        provenance=dict(provenance),
+        model_id=model_id[:256],
+        prompt_version=prompt_version[:64],
+        images=list(images),
+    )
+
+
+def record_failure(
+    session: Session, *, study_key: str, generation: int, reason: str, skipped: bool = False
+) -> int:
+    """Put the pipeline's permanent failure (or skip) in the queue, with its reason."""
+    study = _lock_study(session, study_key)
+    return _insert_draft(
+        session,
+        study,
+        generation,
+        state=DraftState.SKIPPED if skipped else DraftState.FAILED,
+        state_reason=reason,
+        flags=[],
+        provenance={},
+        images=[],
+    )
+
+
+def _claim_values(actor: Actor, now: datetime, ttl_s: float) -> dict[str, Any]:
+    return {
+        "state": DraftState.CLAIMED,
+        "claimed_by": actor.reviewer_id,
+        "claimed_at": now,
+        "claim_expires_at": now + timedelta(seconds=ttl_s),
+        "updated_at": now,
+    }
+
+
+# The claim, written out: two index walks, each taking the first row nobody
+# else holds (the best queued draft, the best draft whose lease expired), and
+# the better of the two is claimed. State literals, not parameters, so that a
+# generic plan still matches the partial indexes.
+_CLAIM_NEXT = """
+WITH queued AS (
+    SELECT id, priority, created_at FROM drafts
+    WHERE state = 'queued'
+    ORDER BY priority DESC, created_at, id LIMIT 1 {lock}
+), expired AS (
+    SELECT id, priority, created_at FROM drafts
+    WHERE state = 'claimed' AND claim_expires_at < :now
+    ORDER BY priority DESC, created_at, id LIMIT 1 {lock}
+)
+UPDATE drafts
+SET state = 'claimed', claimed_by = :reviewer_id, claimed_at = :now,
+    claim_expires_at = :expires, updated_at = :now,
+    edited_findings = NULL, edited_impression = NULL
+WHERE id = (
+    SELECT id FROM (SELECT * FROM queued UNION ALL SELECT * FROM expired) AS claimable
+    ORDER BY priority DESC, created_at, id LIMIT 1
+)
+RETURNING id
+"""
+
+
+@lru_cache(maxsize=4)
+def _claim_next_statement(dialect: str) -> TextClause:
+    # SQLite has no row locks: its BEGIN IMMEDIATE transaction is the lock.
+    lock = "FOR UPDATE SKIP LOCKED" if dialect == "postgresql" else ""
+    return text(_CLAIM_NEXT.format(lock=lock)).bindparams(
+        bindparam("now", type_=DateTime(timezone=True)),
+        bindparam("expires", type_=DateTime(timezone=True)),
+        bindparam("reviewer_id", type_=Integer()),
+    )
+
+
+def claim_next(session: Session, actor: Actor, *, ttl_s: float) -> int | None:
+    """Claim the most urgent, then oldest, claimable draft; None when there is none."""
+    now = _now()
+    connection = session.connection()
+    draft_id = connection.execute(
+        _claim_next_statement(connection.dialect.name),
+        {
+            "now": now,
+            "expires": now + timedelta(seconds=ttl_s),
+            "reviewer_id": actor.reviewer_id,
+        },
+    ).scalar_one_or_none()
+    outcome = Outcome.OK if draft_id is not None else Outcome.EMPTY
+    record(session, actor, Action.CLAIM, outcome, draft_id=draft_id, detail="next", at=now)
+    return None if draft_id is None else int(draft_id)
+
+
+def claim(session: Session, actor: Actor, draft_id: int, *, ttl_s: float) -> Outcome:
+    """Claim one draft: queued, or claimed with an expired lease, or already ours."""
+    now = _now()
+    claimable = or_(
+        Draft.state == DraftState.QUEUED,
+        and_(
+            Draft.state == DraftState.CLAIMED,
+            or_(Draft.claim_expires_at < now, Draft.claimed_by == actor.reviewer_id),
+        ),
+    )
+    got = session.connection().execute(
+        update(Draft)
+        .where(Draft.id == draft_id, claimable)
+        .values(**_claim_values(actor, now, ttl_s))
+        .returning(Draft.id)
+    ).scalar_one_or_none()
+    outcome = Outcome.OK if got is not None else why_refused(session, actor, draft_id, now)
+    record(session, actor, Action.CLAIM, outcome, draft_id=draft_id, at=now)
+    return outcome
+
+
+def renew(session: Session, actor: Actor, draft_id: int, *, ttl_s: float) -> bool:
+    """Extend our lease on a draft we hold; False when we do not hold it."""
+    now = _now()
+    result = session.connection().execute(
+        update(Draft)
+        .where(
+            Draft.id == draft_id,
+            Draft.state == DraftState.CLAIMED,
+            Draft.claimed_by == actor.reviewer_id,
+        )
+        .values(claim_expires_at=now + timedelta(seconds=ttl_s), updated_at=now)
+        .returning(Draft.id)
+    ).scalar_one_or_none()
+    return result is not None
+
+
+def release(session: Session, actor: Actor, draft_id: int) -> Outcome:
+    """Give a claimed draft back to the queue; the working copy is dropped."""
+    now = _now()
+    got = session.connection().execute(
+        update(Draft)
+        .where(
+            Draft.id == draft_id,
+            Draft.state == DraftState.CLAIMED,
+            Draft.claimed_by == actor.reviewer_id,
+        )
+        .values(
+            state=DraftState.QUEUED,
+            claimed_by=None,
+            claimed_at=None,
+            claim_expires_at=None,
+            edited_findings=None,
+            edited_impression=None,
+            updated_at=now,
+        )
+        .returning(Draft.id)
+    ).scalar_one_or_none()
+    outcome = Outcome.OK if got is not None else why_refused(session, actor, draft_id, now)
+    record(session, actor, Action.RELEASE, outcome, draft_id=draft_id, at=now)
+    return outcome
+
+
+def why_refused(session: Session, actor: Actor, draft_id: int, now: datetime) -> Outcome:
+    """Why an action on ``draft_id`` that needs our claim did not apply."""
+    row = session.execute(
+        select(Draft.state, Draft.claimed_by, Draft.claim_expires_at).where(Draft.id == draft_id)
+    ).first()
+    if row is None:
+        return Outcome.NOT_FOUND
+    if row.state == DraftState.CLAIMED and row.claimed_by != actor.reviewer_id:
+        return Outcome.NOT_YOURS
+    return Outcome.WRONG_STATE

@@ -1,0 +1,1 @@
+"""The DICOM listener: a durable C-STORE SCP (see ``service.start_listener``)."""

@@ -1,0 +1,81 @@
+"""EVT_C_ECHO and EVT_C_STORE handlers; their dependencies come bound via ``evt_handlers``."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from pynetdicom import evt
+from pynetdicom.events import Event
+
+from dicom_listener import statuses
+from dicom_listener.receiver import Receiver, StoreRequest
+
+log = logging.getLogger(__name__)
+
+
+def handle_echo(event: Event) -> int:
+    return statuses.SUCCESS
+
+
+def handle_store(event: Event, receiver: Receiver) -> int:
+    """Store the instance; any failure, a bug included, answers a failure status."""
+    request = event.request
+    temp: Path | None = None
+    try:
+        temp = Path(event.dataset_path)
+        digest = getattr(getattr(request, "_dataset_file", None), "hexdigest", None)
+        store_request = StoreRequest(
+            sop_class_uid=str(request.AffectedSOPClassUID or ""),
+            sop_instance_uid=str(request.AffectedSOPInstanceUID or ""),
+            priority=request.Priority,
+            calling_ae_title=str(event.assoc.requestor.ae_title or "").strip() or None,
+        )
+        # The file pynetdicom wrote is complete once the handler runs; close our
+        # writer before it is renamed so no buffered byte is left behind.
+        writer = getattr(request, "_dataset_file", None)
+        if writer is not None:
+            writer.close()
+        return receiver.store(temp, store_request, digest() if digest else None)
+    except Exception:
+        log.exception(
+            "C-STORE handler failed for instance %s",
+            getattr(request, "AffectedSOPInstanceUID", "?"),
+        )
+        return statuses.HANDLER_FAILED
+    finally:
+        if temp is not None and temp.exists():
+            # Not stored: the temp file must not outlive the request.
+            _remove(temp)
+
+
+def handle_closed(event: Event) -> None:
+    """Remove the partial temp file of a transfer cut off mid-dataset."""
+    message = getattr(event.assoc.dimse, "message", None)
+    writer = getattr(message, "_data_set_file", None)
+    if writer is None:
+        return
+    try:
+        writer.close()
+    except OSError:
+        pass
+    _remove(Path(writer.name))
+
+
+def _remove(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log.warning("cannot remove temp file %s: %s", path.name, exc.strerror)
+
+
+def handlers_for(receiver: Receiver) -> list[Any]:
+    return [
+        (evt.EVT_C_ECHO, handle_echo),
+        (evt.EVT_C_STORE, handle_store, [receiver]),
+        (evt.EVT_CONN_CLOSE, handle_closed),
+    ]

@@ -1,0 +1,192 @@
+"""Read and check a received instance's header without loading its pixels.
+
+The file is the temp file pynetdicom wrote while receiving (Part 10: preamble,
+file meta, then the dataset bytes exactly as sent). Large values are deferred,
+so a 1 GB instance is checked in a few kilobytes of memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
+
+from db.studies import StudyFields
+from dicom_listener import statuses
+from prelim.errors import PrelimError
+
+_DEFER_BYTES = 64 * 1024
+_PIXEL_DATA = 0x7FE00010
+
+# C-STORE request Priority (0000,0700): MEDIUM 0, HIGH 1, LOW 2.
+_REQUEST_PRIORITY = {0x0002: 0, 0x0000: 1, 0x0001: 2}
+# Requested Procedure Priority / Study Priority ID values.
+_PROCEDURE_PRIORITY = {"STAT": 3, "HIGH": 2, "ROUTINE": 1, "MEDIUM": 1, "LOW": 0}
+
+
+class InstanceRejected(PrelimError):
+    """The instance cannot be stored."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class InstanceHeader:
+    sop_class_uid: str
+    sop_instance_uid: str
+    series_instance_uid: str | None
+    modality: str | None
+    transfer_syntax_uid: str
+    study: StudyFields
+
+
+def _text(ds: Dataset, keyword: str, limit: int) -> str | None:
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return None
+    return str(value).strip()[:limit] or None
+
+
+def procedure_priority(ds: Dataset) -> int:
+    """The dataset's own urgency (STAT highest), or -1 when it says nothing."""
+    values = [ds.get("RequestedProcedurePriority"), ds.get("StudyPriorityID")]
+    for item in ds.get("RequestAttributesSequence") or []:
+        values.append(item.get("RequestedProcedurePriority"))
+    found = [_PROCEDURE_PRIORITY.get(str(v).strip().upper(), -1) for v in values if v]
+    return max(found, default=-1)
+
+
+def request_priority(priority: int | None) -> int:
+    return _REQUEST_PRIORITY.get(priority if priority is not None else 0, 1)
+
+
+def _expected_pixel_bytes(ds: Dataset) -> int:
+    rows, columns = int(ds.Rows), int(ds.Columns)
+    samples = int(ds.get("SamplesPerPixel") or 1)
+    bits = int(ds.BitsAllocated)
+    frames = int(ds.get("NumberOfFrames") or 1)
+    return (rows * columns * samples * frames * bits + 7) // 8
+
+
+def _check_pixels(ds: Dataset, size: int) -> None:
+    raw = ds._dict.get(_PIXEL_DATA)  # type: ignore[attr-defined]
+    if raw is None:
+        return
+    if isinstance(raw, RawDataElement):
+        length, tell = raw.length, raw.value_tell
+        if length != 0xFFFFFFFF and tell + length > size:
+            raise InstanceRejected(statuses.PIXEL_DATA_SHORT, "pixel data runs past the end")
+    else:
+        length = len(raw.value or b"")
+    if length == 0xFFFFFFFF:  # encapsulated: the frames carry their own lengths
+        return
+    transfer_syntax = UID(ds.file_meta.TransferSyntaxUID)
+    if transfer_syntax.is_compressed:
+        return
+    if "Rows" not in ds or "Columns" not in ds or "BitsAllocated" not in ds:
+        raise InstanceRejected(statuses.PIXEL_DATA_SHORT, "pixel data without image attributes")
+    expected = _expected_pixel_bytes(ds)
+    if length < expected:
+        raise InstanceRejected(
+            statuses.PIXEL_DATA_SHORT, f"pixel data has {length} of {expected} bytes"
+        )
+
+
+def _check_bounds(ds: Dataset, size: int) -> None:
+    # A deferred value is only located, not read: make sure it lies in the file.
+    for raw in ds._dict.values():  # type: ignore[attr-defined]
+        if isinstance(raw, RawDataElement) and raw.value is None and raw.length != 0xFFFFFFFF:
+            if raw.value_tell + raw.length > size:
+                raise InstanceRejected(statuses.UNDECODABLE, "a value runs past the end")
+
+
+def _check_end(ds: Dataset, size: int) -> None:
+    # pydicom stops quietly at a partial element header; a dataset cut there
+    # would look complete. Its last element must end where the file ends.
+    elements = list(ds._dict.values())  # type: ignore[attr-defined]
+    if not elements:
+        return
+    last = elements[-1]
+    if isinstance(last, RawDataElement) and last.length != 0xFFFFFFFF:
+        if last.value_tell + last.length != size:
+            raise InstanceRejected(statuses.UNDECODABLE, "the last element does not end with the data")
+
+
+def _check_image(ds: Dataset) -> None:
+    has_pixels = any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
+    if "Rows" in ds and "Columns" in ds and not has_pixels:
+        raise InstanceRejected(statuses.PIXEL_DATA_SHORT, "image attributes without pixel data")
+
+
+def read_header(path: Path, request_class: str, request_instance: str) -> InstanceHeader:
+    """Parse and check the received file; raise :class:`InstanceRejected` with the status."""
+    size = path.stat().st_size
+    try:
+        ds = dcmread(path, defer_size=_DEFER_BYTES)
+        deflated = ds.file_meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian
+        if not deflated:
+            _check_end(ds, size)
+        fields = _fields(ds)
+    except InstanceRejected:
+        raise
+    except Exception as exc:
+        raise InstanceRejected(
+            statuses.UNDECODABLE, f"cannot decode: {type(exc).__name__}"
+        ) from exc
+    sop_class, sop_instance = fields.pop("sop_class_uid"), fields.pop("sop_instance_uid")
+    if not sop_class or not sop_instance or not fields["study"].study_instance_uid:
+        raise InstanceRejected(
+            statuses.MISSING_UIDS, "SOP Class, SOP Instance or Study UID missing"
+        )
+    if sop_class != request_class or sop_instance != request_instance:
+        raise InstanceRejected(
+            statuses.DATASET_MISMATCH,
+            "the dataset's SOP Class/Instance UID differs from the request",
+        )
+    if deflated:
+        # Offsets refer to the inflated stream, not the file: only lengths can be checked.
+        size = 1 << 62
+    try:
+        _check_bounds(ds, size)
+        _check_image(ds)
+        _check_pixels(ds, size)
+    except InstanceRejected:
+        raise
+    except Exception as exc:
+        raise InstanceRejected(
+            statuses.UNDECODABLE, f"cannot decode: {type(exc).__name__}"
+        ) from exc
+    return InstanceHeader(sop_class_uid=sop_class, sop_instance_uid=sop_instance, **fields)
+
+
+def _fields(ds: Dataset) -> dict[str, Any]:
+    if len(ds) == 0:
+        raise InstanceRejected(statuses.UNDECODABLE, "no data elements")
+    study = StudyFields(
+        study_instance_uid=_text(ds, "StudyInstanceUID", 64) or "",
+        accession_number=_text(ds, "AccessionNumber", 64),
+        patient_id=_text(ds, "PatientID", 64),
+        patient_name=_text(ds, "PatientName", 324),
+        patient_birth_date=_text(ds, "PatientBirthDate", 8),
+        patient_sex=_text(ds, "PatientSex", 16),
+        study_date=_text(ds, "StudyDate", 8),
+        study_time=_text(ds, "StudyTime", 16),
+        study_description=_text(ds, "StudyDescription", 64),
+        referring_physician=_text(ds, "ReferringPhysicianName", 324),
+        priority=procedure_priority(ds),
+    )
+    return {
+        "sop_class_uid": _text(ds, "SOPClassUID", 64) or "",
+        "sop_instance_uid": _text(ds, "SOPInstanceUID", 64) or "",
+        "series_instance_uid": _text(ds, "SeriesInstanceUID", 64),
+        "modality": _text(ds, "Modality", 16),
+        "transfer_syntax_uid": str(ds.file_meta.TransferSyntaxUID),
+        "study": study,
+    }

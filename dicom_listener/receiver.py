@@ -1,0 +1,135 @@
+"""Turn a received temp file into a durable, indexed instance, and say which status.
+
+Order, so that 0x0000 always means "on disk and indexed": check free space,
+parse and check the header, look for a duplicate, fsync and rename the file
+into the spool, fsync its folder, then index it in one transaction. A failure
+after the rename removes the file again: nothing unacknowledged stays indexed
+or spooled.
+
+Duplicates: the same SOP Instance UID received again is stored once. When its
+bytes are identical the copy is dropped. When they differ (a re-send in another
+transfer syntax, or edited attributes under the same UID, which the standard
+does not allow) the first copy is kept, the new bytes are dropped, the study is
+not re-opened, and a warning with the UID and both digests is logged. Either
+way the answer is 0x0000: the instance is stored, and a sender retrying it
+must not be told otherwise forever.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from db.engine import transaction
+from db.studies import Indexed, InstanceFields, find_instance, index_instance
+from dicom_listener import statuses
+from dicom_listener.header import InstanceRejected, read_header, request_priority
+from dicom_listener.spool import Spool
+from prelim.database import Database
+
+log = logging.getLogger(__name__)
+
+_LOCK_STRIPES = 64
+
+
+@dataclass(frozen=True)
+class StoreRequest:
+    sop_class_uid: str
+    sop_instance_uid: str
+    priority: int | None  # the C-STORE request's Priority (0000,0700)
+    calling_ae_title: str | None
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class Receiver:
+    def __init__(self, database: Database, spool: Spool, min_free_disk_mb: int) -> None:
+        self.database = database
+        self.spool = spool
+        self.min_free_disk_mb = min_free_disk_mb
+        # Two associations sending the same instance at once must not both
+        # rename onto the same path and race for the index.
+        self._locks = [threading.Lock() for _ in range(_LOCK_STRIPES)]
+
+    def store(self, temp: Path, request: StoreRequest, sha256: str | None = None) -> int:
+        """Store the instance in ``temp`` (consumed or left for the caller to delete)."""
+        uid = request.sop_instance_uid
+        if self.spool.free_mb() < self.min_free_disk_mb:
+            log.error("instance %s refused: less than %d MB free", uid, self.min_free_disk_mb)
+            return statuses.OUT_OF_RESOURCES
+        try:
+            header = read_header(temp, request.sop_class_uid, uid)
+        except InstanceRejected as exc:
+            log.warning("instance %s refused (0x%04X): %s", uid, exc.status, exc)
+            return exc.status
+        study = replace(
+            header.study,
+            priority=max(header.study.priority, request_priority(request.priority)),
+            calling_ae_title=request.calling_ae_title,
+        )
+        relative = self.spool.relative_path(study.study_instance_uid, uid)
+        lock = self._locks[hash(uid) % _LOCK_STRIPES]
+        with lock:
+            try:
+                with self.database.sessions() as session:
+                    existing = find_instance(session, uid)
+                    known_sha = existing.sha256 if existing is not None else None
+            except SQLAlchemyError as exc:
+                log.error("instance %s refused: database unavailable (%s)", uid, type(exc).__name__)
+                return statuses.OUT_OF_RESOURCES
+            sha256 = sha256 or file_sha256(temp)
+            if known_sha is not None:
+                self._log_duplicate(uid, known_sha, sha256)
+                return statuses.SUCCESS
+            size = temp.stat().st_size
+            try:
+                self.spool.commit(temp, relative)
+            except OSError as exc:
+                log.error("instance %s refused: cannot write the spool (%s)", uid, exc.strerror)
+                return statuses.OUT_OF_RESOURCES
+            fields = InstanceFields(
+                sop_instance_uid=uid,
+                sop_class_uid=header.sop_class_uid,
+                series_instance_uid=header.series_instance_uid,
+                modality=header.modality,
+                transfer_syntax_uid=header.transfer_syntax_uid,
+                path=relative,
+                size_bytes=size,
+                sha256=sha256,
+            )
+            try:
+                with transaction(self.database.sessions) as session:
+                    result = index_instance(session, study, fields, datetime.now(UTC))
+            except SQLAlchemyError as exc:
+                self.spool.discard(relative)
+                log.error("instance %s refused: database unavailable (%s)", uid, type(exc).__name__)
+                return statuses.OUT_OF_RESOURCES
+        if result.outcome is Indexed.DUPLICATE:  # indexed by another process meanwhile
+            self._log_duplicate(uid, result.sha256, sha256)
+        elif result.reopened:
+            log.info("study %s re-opened by instance %s", result.study_key, uid)
+        return statuses.SUCCESS
+
+    @staticmethod
+    def _log_duplicate(uid: str, kept: str, received: str) -> None:
+        if kept == received:
+            log.info("instance %s received again, identical: stored once", uid)
+        else:
+            log.warning(
+                "instance %s received again with different bytes (kept sha256 %s, dropped %s)",
+                uid,
+                kept[:16],
+                received[:16],
+            )

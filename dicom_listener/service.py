@@ -1,0 +1,117 @@
+"""Start and serve the listener: recovery, the storage SCP, and study assembly."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from pydicom.uid import AllTransferSyntaxes
+from pynetdicom import AE, _config
+from pynetdicom.presentation import AllStoragePresentationContexts
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from dicom_listener.assembly import Assembler
+from dicom_listener.handlers import handlers_for
+from dicom_listener.receiver import Receiver
+from dicom_listener.recovery import recover
+from dicom_listener.security import allowed_calling_titles, tls_context
+from dicom_listener.spool import Spool
+from dicom_listener.transport import ListenerServer, install_temp_file_hook
+from prelim.database import Database, open_database
+from prelim.logs import quiet_pynetdicom
+from prelim.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ListenerHandle:
+    """A running listener. ``port`` is the bound port (useful with listener_port=0)."""
+
+    port: int
+    ae: AE
+    server: ListenerServer
+    assembler: Assembler
+    _thread: threading.Thread
+    _stopped: bool = field(default=False)
+
+    def stop(self) -> None:
+        """Stop accepting, end open associations, stop assembly. Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self.server.shutdown()
+        self.server.server_close()
+        for assoc in list(self.ae.active_associations):
+            assoc.abort()
+        self._thread.join(10)
+        self.assembler.stop()
+
+
+def build_ae(settings: Settings) -> AE:
+    ae = AE(ae_title=settings.ae_title)
+    ae.maximum_pdu_size = settings.max_pdu
+    ae.maximum_associations = settings.max_associations
+    ae.require_calling_aet = allowed_calling_titles(settings)
+    ae.network_timeout = 60
+    ae.acse_timeout = 30
+    ae.dimse_timeout = 60
+    ae.add_supported_context(Verification)
+    for context in AllStoragePresentationContexts:
+        ae.add_supported_context(context.abstract_syntax, AllTransferSyntaxes)
+    return ae
+
+
+def start_listener(
+    settings: Settings, database: Database, trigger: Callable[[str], None] | None = None
+) -> ListenerHandle:
+    """Recover the spool, then listen (non-blocking) and assemble studies in the background."""
+    quiet_pynetdicom()
+    # Receive each dataset straight to a file, so memory stays flat for huge instances.
+    _config.STORE_RECV_CHUNKED_DATASET = True
+    install_temp_file_hook()
+    spool = Spool(settings.resolved_spool_dir)
+    recover(spool, database)
+    receiver = Receiver(database, spool, settings.min_free_disk_mb)
+    ae = build_ae(settings)
+    server = ae.make_server(
+        (settings.listener_host, settings.listener_port),
+        ssl_context=tls_context(settings),
+        evt_handlers=handlers_for(receiver),
+        server_class=ListenerServer,
+        incoming=spool.incoming,
+        allowed_networks=settings.allowed_networks,
+    )
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="prelim-listener"
+    )
+    thread.daemon = True
+    thread.start()
+    ae._servers.append(server)
+    assembler = Assembler(database, settings.stable_age_s, trigger)
+    assembler.start()
+    port = int(server.server_address[1])
+    log.info("listening as AE %s on %s:%d", settings.ae_title, settings.listener_host, port)
+    return ListenerHandle(port, ae, server, assembler, thread)
+
+
+def serve(settings: Settings, trigger: Callable[[str], None] | None = None) -> int:
+    """Run the listener until SIGINT or SIGTERM; the exit code."""
+    from prelim.runner import wait_for_signal
+
+    database = open_database(settings)
+    try:
+        handle = start_listener(settings, database, trigger)
+        print(
+            f"prelim listener: AE {settings.ae_title} at {settings.listener_host}:{handle.port}",
+            flush=True,
+        )
+        try:
+            wait_for_signal()
+        finally:
+            handle.stop()
+    finally:
+        database.dispose()
+    return 0

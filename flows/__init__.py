@@ -1,0 +1,1 @@
+"""The pipeline: plain functions (select, de-identify, preprocess) and the Prefect flows."""

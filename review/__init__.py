@@ -1,0 +1,1 @@
+"""The review web app: radiologists claim, edit and sign drafts."""

@@ -1,0 +1,76 @@
+"""DCMTK's echoscu and storescu, a client nobody here wrote. Status read from the log."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.data import get_testdata_file
+
+from prelim.synthetic import make_cxr_study, make_ct_series, write_study
+from tests.integration.listener.conftest import Running
+
+pytestmark = pytest.mark.dcmtk
+
+STORESCU = "/usr/bin/storescu"
+ECHOSCU = "/usr/bin/echoscu"
+
+
+def _statuses(log: str) -> list[str]:
+    # storescu -v logs "Received Store Response (Success)" or "(Refused: ...)" etc.
+    return re.findall(r"Received (?:Store|Echo) Response \(([^)]*)\)", log)
+
+
+def _run(args: list[str]) -> str:
+    done = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    return done.stdout + done.stderr
+
+
+def test_echoscu(listener: Running) -> None:
+    log = _run([ECHOSCU, "-v", "-aec", "PRELIM", "127.0.0.1", str(listener.port)])
+    assert _statuses(log) == ["Success"], log
+
+
+def test_storescu_sends_a_study(listener: Running, tmp_path: Path) -> None:
+    datasets = make_cxr_study(21, rows=300, columns=256) + make_ct_series(
+        21, slices=4, rows=64, columns=64
+    )
+    files = write_study(datasets, tmp_path / "study")
+    compressed = [
+        Path(get_testdata_file(n, download=False))
+        for n in ("JPEG2000.dcm", "MR_small_RLE.dcm", "SC_rgb_jpeg_dcmtk.dcm")
+    ]
+    log = _run(
+        [
+            STORESCU,
+            "-v",
+            "-R",  # propose each file's own transfer syntax: compressed ones go as they are
+            "-aec",
+            "PRELIM",
+            "-aet",
+            "MODALITY",
+            "--max-pdu",
+            "131072",
+            "127.0.0.1",
+            str(listener.port),
+            *map(str, files + compressed),
+        ]
+    )
+    assert _statuses(log) == ["Success"] * (len(files) + len(compressed)), log
+    for path in files:
+        uid = dcmread(path, stop_before_pixels=True).SOPInstanceUID
+        stored = list(listener.settings.resolved_spool_dir.glob(f"*/{uid}.dcm"))
+        assert len(stored) == 1
+        assert (dcmread(stored[0]).pixel_array == dcmread(path).pixel_array).all()
+
+
+def test_storescu_sees_refusal_when_disk_is_full(start, tmp_path: Path) -> None:
+    listener = start(min_free_disk_mb=10**9)
+    files = write_study(make_ct_series(22, slices=1, rows=32, columns=32), tmp_path)
+    log = _run([STORESCU, "-v", "127.0.0.1", str(listener.port), *map(str, files)])
+    # Exit code is 0 here too: only the logged status tells.
+    statuses = _statuses(log)
+    assert len(statuses) == 1 and statuses[0] != "Success" and "Out of Resources" in log, log
