@@ -77,9 +77,7 @@ def record(
     )
 
 
-def events(
-    session: Session, *, draft_id: int | None = None, limit: int = 200
-) -> list[AuditEvent]:
+def events(session: Session, *, draft_id: int | None = None, limit: int = 200) -> list[AuditEvent]:
     """The newest rows first, for one draft or all."""
     query = select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit)
     if draft_id is not None:

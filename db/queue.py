@@ -78,19 +78,23 @@ def _supersede_active(session: Session, study: Study, generation: int, now: date
 def _insert_draft(session: Session, study: Study, generation: int, **values: Any) -> int:
     now = _now()
     _supersede_active(session, study, generation, now)
-    draft_id = session.connection().execute(
-        insert(Draft)
-        .values(
-            study_id=study.id,
-            generation=generation,
-            priority=study.priority,
-            modality=study.modalities or "",
-            created_at=now,
-            updated_at=now,
-            **values,
+    draft_id = (
+        session.connection()
+        .execute(
+            insert(Draft)
+            .values(
+                study_id=study.id,
+                generation=generation,
+                priority=study.priority,
+                modality=study.modalities or "",
+                created_at=now,
+                updated_at=now,
+                **values,
+            )
+            .returning(Draft.id)
         )
-        .returning(Draft.id)
-    ).scalar_one()
+        .scalar_one()
+    )
     return int(draft_id)
 
 
@@ -217,12 +221,16 @@ def claim(session: Session, actor: Actor, draft_id: int, *, ttl_s: float) -> Out
             or_(Draft.claim_expires_at < now, Draft.claimed_by == actor.reviewer_id),
         ),
     )
-    got = session.connection().execute(
-        update(Draft)
-        .where(Draft.id == draft_id, claimable)
-        .values(**_claim_values(actor, now, ttl_s))
-        .returning(Draft.id)
-    ).scalar_one_or_none()
+    got = (
+        session.connection()
+        .execute(
+            update(Draft)
+            .where(Draft.id == draft_id, claimable)
+            .values(**_claim_values(actor, now, ttl_s))
+            .returning(Draft.id)
+        )
+        .scalar_one_or_none()
+    )
     outcome = Outcome.OK if got is not None else why_refused(session, actor, draft_id, now)
     record(session, actor, Action.CLAIM, outcome, draft_id=draft_id, at=now)
     return outcome
@@ -231,40 +239,48 @@ def claim(session: Session, actor: Actor, draft_id: int, *, ttl_s: float) -> Out
 def renew(session: Session, actor: Actor, draft_id: int, *, ttl_s: float) -> bool:
     """Extend our lease on a draft we hold; False when we do not hold it."""
     now = _now()
-    result = session.connection().execute(
-        update(Draft)
-        .where(
-            Draft.id == draft_id,
-            Draft.state == DraftState.CLAIMED,
-            Draft.claimed_by == actor.reviewer_id,
+    result = (
+        session.connection()
+        .execute(
+            update(Draft)
+            .where(
+                Draft.id == draft_id,
+                Draft.state == DraftState.CLAIMED,
+                Draft.claimed_by == actor.reviewer_id,
+            )
+            .values(claim_expires_at=now + timedelta(seconds=ttl_s), updated_at=now)
+            .returning(Draft.id)
         )
-        .values(claim_expires_at=now + timedelta(seconds=ttl_s), updated_at=now)
-        .returning(Draft.id)
-    ).scalar_one_or_none()
+        .scalar_one_or_none()
+    )
     return result is not None
 
 
 def release(session: Session, actor: Actor, draft_id: int) -> Outcome:
     """Give a claimed draft back to the queue; the working copy is dropped."""
     now = _now()
-    got = session.connection().execute(
-        update(Draft)
-        .where(
-            Draft.id == draft_id,
-            Draft.state == DraftState.CLAIMED,
-            Draft.claimed_by == actor.reviewer_id,
+    got = (
+        session.connection()
+        .execute(
+            update(Draft)
+            .where(
+                Draft.id == draft_id,
+                Draft.state == DraftState.CLAIMED,
+                Draft.claimed_by == actor.reviewer_id,
+            )
+            .values(
+                state=DraftState.QUEUED,
+                claimed_by=None,
+                claimed_at=None,
+                claim_expires_at=None,
+                edited_findings=None,
+                edited_impression=None,
+                updated_at=now,
+            )
+            .returning(Draft.id)
         )
-        .values(
-            state=DraftState.QUEUED,
-            claimed_by=None,
-            claimed_at=None,
-            claim_expires_at=None,
-            edited_findings=None,
-            edited_impression=None,
-            updated_at=now,
-        )
-        .returning(Draft.id)
-    ).scalar_one_or_none()
+        .scalar_one_or_none()
+    )
     outcome = Outcome.OK if got is not None else why_refused(session, actor, draft_id, now)
     record(session, actor, Action.RELEASE, outcome, draft_id=draft_id, at=now)
     return outcome

@@ -64,21 +64,25 @@ def save_edit(
     if len(findings) > MAX_TEXT or len(impression) > MAX_TEXT:
         outcome = Outcome.INVALID
     else:
-        got = session.connection().execute(
-            update(Draft)
-            .where(
-                Draft.id == draft_id,
-                Draft.state == DraftState.CLAIMED,
-                Draft.claimed_by == actor.reviewer_id,
+        got = (
+            session.connection()
+            .execute(
+                update(Draft)
+                .where(
+                    Draft.id == draft_id,
+                    Draft.state == DraftState.CLAIMED,
+                    Draft.claimed_by == actor.reviewer_id,
+                )
+                .values(
+                    edited_findings=_normalise(findings),
+                    edited_impression=_normalise(impression),
+                    claim_expires_at=now + timedelta(seconds=ttl_s),
+                    updated_at=now,
+                )
+                .returning(Draft.id)
             )
-            .values(
-                edited_findings=_normalise(findings),
-                edited_impression=_normalise(impression),
-                claim_expires_at=now + timedelta(seconds=ttl_s),
-                updated_at=now,
-            )
-            .returning(Draft.id)
-        ).scalar_one_or_none()
+            .scalar_one_or_none()
+        )
         outcome = Outcome.OK if got is not None else why_refused(session, actor, draft_id, now)
     record(session, actor, Action.EDIT, outcome, draft_id=draft_id, at=now)
     return outcome

@@ -116,7 +116,7 @@ def _check_end(ds: Dataset, size: int) -> None:
     last = elements[-1]
     if isinstance(last, RawDataElement) and last.length != 0xFFFFFFFF:
         if last.value_tell + last.length != size:
-            raise InstanceRejected(statuses.UNDECODABLE, "the last element does not end with the data")
+            raise InstanceRejected(statuses.UNDECODABLE, "the data ends inside an element")
 
 
 def _check_image(ds: Dataset) -> None:

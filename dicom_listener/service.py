@@ -7,7 +7,13 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from pydicom.uid import AllTransferSyntaxes
+from pydicom.uid import (
+    AllTransferSyntaxes,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 from pynetdicom import AE, _config
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
@@ -50,6 +56,22 @@ class ListenerHandle:
         self.assembler.stop()
 
 
+def accepted_transfer_syntaxes() -> list[str]:
+    """Every syntax pydicom knows, compressed first.
+
+    pynetdicom, as acceptor, picks the first of its own syntaxes that a context
+    offers. A sender offering [JPEG 2000, Explicit VR LE] for a JPEG 2000 file
+    should then send it as it is, not decompress it on the way.
+    """
+    native = [
+        ExplicitVRLittleEndian,
+        ImplicitVRLittleEndian,
+        DeflatedExplicitVRLittleEndian,
+        ExplicitVRBigEndian,
+    ]
+    return [str(uid) for uid in AllTransferSyntaxes if uid not in native] + native
+
+
 def build_ae(settings: Settings) -> AE:
     ae = AE(ae_title=settings.ae_title)
     ae.maximum_pdu_size = settings.max_pdu
@@ -59,8 +81,9 @@ def build_ae(settings: Settings) -> AE:
     ae.acse_timeout = 30
     ae.dimse_timeout = 60
     ae.add_supported_context(Verification)
+    syntaxes = accepted_transfer_syntaxes()
     for context in AllStoragePresentationContexts:
-        ae.add_supported_context(context.abstract_syntax, AllTransferSyntaxes)
+        ae.add_supported_context(context.abstract_syntax, syntaxes)
     return ae
 
 

@@ -66,7 +66,7 @@ def check_echo() -> tuple[bool, str]:
         host,
         port,
         ae_title=settings.ae_title,
-        tls_args=(context, None) if context is not None else None,
+        tls_args=(context, host) if context is not None else None,
     )
     where = f"AE {settings.ae_title} at {host}:{port}"
     if assoc.is_rejected:

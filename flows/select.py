@@ -89,9 +89,9 @@ def not_an_image(ds: pydicom.Dataset) -> str | None:
             if reason:
                 return reason
             break
-    reason = _NON_IMAGE_MODALITIES.get(_text(ds, "Modality"))
-    if reason:
-        return reason
+    by_modality = _NON_IMAGE_MODALITIES.get(_text(ds, "Modality"))
+    if by_modality:
+        return by_modality
     if not (_int(ds, "Rows") and _int(ds, "Columns")) and "PixelData" not in ds:
         return "no pixel data"
     if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:

@@ -6,7 +6,7 @@ import logging
 import os
 
 from prelim.errors import ConfigurationError
-from prelim.settings import Settings
+from prelim.settings import Settings, settings_env
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,8 @@ def serve_worker(settings: Settings) -> int:
     from flows.drafting import get_batcher
     from flows.ingest import ingest_study
 
+    # Flow runs execute in child processes: hand them the settings, flags included.
+    os.environ.update(settings_env(settings))
     # Fail now, not on the first study, when the weights are not available.
     get_batcher(settings)
     ensure_gpu_limit(settings)

@@ -137,7 +137,7 @@ def _load(
         if _is_unavailable(exc):
             raise unavailable_error(model, f"{type(exc).__name__}: {exc}".splitlines()[0]) from exc
         raise
-    loaded = loaded.to(device).eval()
+    loaded = loaded.to(device).eval()  # type: ignore[arg-type]
     tokens_per_image = getattr(loaded.config, "mm_tokens_per_image", None)
     if tokens_per_image is not None and processor.image_seq_length != tokens_per_image:
         raise ModelConfigurationError(

@@ -120,12 +120,13 @@ def build_test_model(directory: Path) -> Path:
     processor = build_processor()
     config = tiny_config(processor)
     torch.manual_seed(SEED)
-    model = Gemma3ForConditionalGeneration(config).to(torch.float32).eval()
+    model = Gemma3ForConditionalGeneration(config).float().eval()
     generator = torch.Generator().manual_seed(SEED)
     randomize_projector(model, generator)
     model.generation_config.do_sample = False
-    model.generation_config.eos_token_id = config.text_config.eos_token_id
-    model.generation_config.pad_token_id = config.text_config.pad_token_id
+    ids = special_token_ids(processor)
+    model.generation_config.eos_token_id = [ids["eos_token_id"], ids["end_of_turn_id"]]
+    model.generation_config.pad_token_id = ids["pad_token_id"]
     model.save_pretrained(directory)
     processor.save_pretrained(directory)
     # save_pretrained writes the weights owner-only; other users (a service account,

@@ -9,6 +9,7 @@ special tokens, registered the same way (boi/eoi/image tokens).
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from tokenizers import AddedToken, Tokenizer, models, normalizers, trainers
 from transformers import GemmaTokenizer
@@ -102,9 +103,10 @@ def _train_pieces(vocab_size: int) -> tuple[dict[str, int], list[tuple[str, str]
 def build_tokenizer(vocab_size: int = 768) -> GemmaTokenizer:
     """A deterministic Gemma-style tokenizer with Gemma 3's special tokens and chat template."""
     vocab, merges = _train_pieces(vocab_size)
+    pairs: list[Any] = list(merges)  # the backend takes (left, right) pairs as well as strings
     tokenizer = GemmaTokenizer(
         vocab=vocab,
-        merges=merges,
+        merges=pairs,
         extra_special_tokens={
             "boi_token": "<start_of_image>",
             "eoi_token": "<end_of_image>",

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from prelim import __version__
 from prelim.errors import PrelimError
 from prelim.logs import configure_logging
-from prelim.settings import Settings, load_settings
+from prelim.settings import Settings, load_settings, use_settings
 
 Handler = Callable[[Settings, argparse.Namespace], int | None]
 
@@ -269,6 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             var = f"PRELIM_{loc.upper()}" if err["loc"] else ""
             print(f"prelim: invalid setting {var or loc}: {err['msg']}", file=sys.stderr)
         return 2
+    use_settings(settings)
     configure_logging(settings.log_level)
     try:
         return int(args.handler(settings, args) or 0)

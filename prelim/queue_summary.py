@@ -44,8 +44,16 @@ def queue_report(session: Session) -> str:
         ]
         for q in quality
     ]
-    header = ["model", "prompt", "signed", "as is", "edited", "rejected", "as-is %",
-              "mean edit (words)"]
+    header = [
+        "model",
+        "prompt",
+        "signed",
+        "as is",
+        "edited",
+        "rejected",
+        "as-is %",
+        "mean edit (words)",
+    ]
     if rows:
         parts.append(_table("Quality per model and prompt version", header, rows))
     else:

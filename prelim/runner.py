@@ -11,7 +11,7 @@ from contextlib import ExitStack, contextmanager
 from typing import Any
 
 from prelim.database import Database, open_database
-from prelim.settings import Settings
+from prelim.settings import Settings, use_settings
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,7 @@ def embedded_stack(settings: Settings, *, review: bool = True) -> Iterator[dict[
     """Prefect server (unless PREFECT_API_URL is set), pipeline, listener and review app."""
     with ExitStack() as stack:
         info: dict[str, Any] = {}
+        use_settings(settings)
         database = open_database(settings)
         stack.callback(database.dispose)
         if not os.environ.get("PREFECT_API_URL"):

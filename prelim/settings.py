@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from functools import lru_cache
+import json
 from pathlib import Path
 from typing import Any
 
@@ -176,7 +176,35 @@ def load_settings(**overrides: Any) -> Settings:
     return Settings(**{k: v for k, v in overrides.items() if v is not None})
 
 
-@lru_cache(maxsize=1)
+_current: Settings | None = None
+
+
 def get_settings() -> Settings:
-    """The process-wide settings, read once."""
-    return load_settings()
+    """The process's settings: those given to :func:`use_settings`, else read once."""
+    global _current
+    if _current is None:
+        _current = load_settings()
+    return _current
+
+
+def use_settings(settings: Settings) -> None:
+    """Make ``settings`` (flags included) what :func:`get_settings` returns in this process."""
+    global _current
+    _current = settings
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """``PRELIM_*`` variables that rebuild ``settings`` in a child process."""
+    env: dict[str, str] = {}
+    for name, value in settings.model_dump(mode="json").items():
+        if value is None:
+            continue
+        if name == "secret_key":
+            secret = settings.secret_key
+            value = secret.get_secret_value() if secret is not None else None
+            if value is None:
+                continue
+        env[f"PRELIM_{name.upper()}"] = (
+            json.dumps(value) if isinstance(value, list | dict) else str(value)
+        )
+    return env

@@ -54,8 +54,9 @@ def claim_next_draft(me: ApiWriter, session: SessionDep, settings: SettingsDep) 
 
 
 @router.get("/drafts/{draft_id}", responses={404: {"description": "No such draft"}})
-def get_draft(draft_id: DraftId, me: ApiReviewer, session: SessionDep, settings: SettingsDep
-              ) -> DraftOut:
+def get_draft(
+    draft_id: DraftId, me: ApiReviewer, session: SessionDep, settings: SettingsDep
+) -> DraftOut:
     return open_draft(session, me, draft_id, settings)
 
 
@@ -88,8 +89,9 @@ def edit_draft(
 
 
 @router.post("/drafts/{draft_id}/approve", responses=_REFUSED)
-def approve_draft(draft_id: DraftId, body: ReportIn, me: ApiWriter, session: SessionDep
-                  ) -> ActionOut:
+def approve_draft(
+    draft_id: DraftId, body: ReportIn, me: ApiWriter, session: SessionDep
+) -> ActionOut:
     outcome = approve(session, me.actor, draft_id, body.findings, body.impression)
     session.commit()
     raise_for(outcome)
@@ -97,8 +99,9 @@ def approve_draft(draft_id: DraftId, body: ReportIn, me: ApiWriter, session: Ses
 
 
 @router.post("/drafts/{draft_id}/reject", responses=_REFUSED)
-def reject_draft(draft_id: DraftId, body: RejectIn, me: ApiWriter, session: SessionDep
-                 ) -> ActionOut:
+def reject_draft(
+    draft_id: DraftId, body: RejectIn, me: ApiWriter, session: SessionDep
+) -> ActionOut:
     outcome = reject(session, me.actor, draft_id, body.reason)
     session.commit()
     raise_for(outcome)

@@ -38,9 +38,7 @@ def health(database: DatabaseDep) -> JSONResponse:
 
 @router.get("/signin", response_class=HTMLResponse, include_in_schema=False)
 def signin_page(request: Request, next: str | None = None) -> Response:
-    return render(
-        request, "signin.html", {"csrf": csrf_token(request), "next": _safe_next(next)}
-    )
+    return render(request, "signin.html", {"csrf": csrf_token(request), "next": _safe_next(next)})
 
 
 @router.post("/signin", include_in_schema=False)
@@ -81,7 +79,8 @@ def signout(
     if isinstance(reviewer_id, int):
         address = request.client.host if request.client else None
         with transaction(database.sessions) as session:
-            record(session, Actor(reviewer_id, str(reviewer_id), address), Action.SIGN_OUT,
-                   Outcome.OK)
+            record(
+                session, Actor(reviewer_id, str(reviewer_id), address), Action.SIGN_OUT, Outcome.OK
+            )
     request.session.clear()
     return RedirectResponse("/signin", status_code=303)

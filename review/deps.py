@@ -71,8 +71,10 @@ def csrf_token(request: Request) -> str:
 
 def check_csrf(request: Request, supplied: str | None) -> None:
     expected = request.session.get("csrf")
-    if not isinstance(expected, str) or not supplied or not secrets.compare_digest(
-        expected.encode(), supplied.encode()
+    if (
+        not isinstance(expected, str)
+        or not supplied
+        or not secrets.compare_digest(expected.encode(), supplied.encode())
     ):
         raise HTTPException(403, "missing or wrong CSRF token")
 

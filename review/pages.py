@@ -83,7 +83,7 @@ def queue(
 
 @router.post("/claim-next")
 def claim_next_page(
-    request: Request, me: PageReviewer, session: SessionDep, settings: SettingsDep, csrf: Csrf
+    request: Request, me: PageReviewer, session: SessionDep, settings: SettingsDep, csrf: Csrf = ""
 ) -> Response:
     check_csrf(request, csrf)
     draft_id = claim_next(session, me.actor, ttl_s=settings.claim_ttl_s)
@@ -95,7 +95,10 @@ def claim_next_page(
 
 @router.get("/drafts/{draft_id}", response_class=HTMLResponse)
 def draft_page(
-    request: Request, draft_id: DraftId, me: PageReviewer, session: SessionDep,
+    request: Request,
+    draft_id: DraftId,
+    me: PageReviewer,
+    session: SessionDep,
     settings: SettingsDep,
 ) -> Response:
     draft = open_draft(session, me, draft_id, settings)
@@ -120,8 +123,12 @@ def draft_image(
 
 @router.post("/drafts/{draft_id}/claim")
 def claim_page(
-    request: Request, draft_id: DraftId, me: PageReviewer, session: SessionDep,
-    settings: SettingsDep, csrf: Csrf,
+    request: Request,
+    draft_id: DraftId,
+    me: PageReviewer,
+    session: SessionDep,
+    settings: SettingsDep,
+    csrf: Csrf = "",
 ) -> Response:
     check_csrf(request, csrf)
     _flash(request, claim(session, me.actor, draft_id, ttl_s=settings.claim_ttl_s))
@@ -130,12 +137,22 @@ def claim_page(
 
 @router.post("/drafts/{draft_id}/save")
 def save_page(
-    request: Request, draft_id: DraftId, me: PageReviewer, session: SessionDep,
-    settings: SettingsDep, csrf: Csrf, findings: Text = "", impression: Text = "",
+    request: Request,
+    draft_id: DraftId,
+    me: PageReviewer,
+    session: SessionDep,
+    settings: SettingsDep,
+    csrf: Csrf = "",
+    findings: Text = "",
+    impression: Text = "",
 ) -> Response:
     check_csrf(request, csrf)
     outcome = save_edit(
-        session, me.actor, draft_id, _clean(findings), _clean(impression),
+        session,
+        me.actor,
+        draft_id,
+        _clean(findings),
+        _clean(impression),
         ttl_s=settings.claim_ttl_s,
     )
     if outcome is Outcome.OK:
@@ -146,8 +163,13 @@ def save_page(
 
 @router.post("/drafts/{draft_id}/approve")
 def approve_page(
-    request: Request, draft_id: DraftId, me: PageReviewer, session: SessionDep, csrf: Csrf,
-    findings: Text = "", impression: Text = "",
+    request: Request,
+    draft_id: DraftId,
+    me: PageReviewer,
+    session: SessionDep,
+    csrf: Csrf = "",
+    findings: Text = "",
+    impression: Text = "",
 ) -> Response:
     check_csrf(request, csrf)
     outcome = approve(session, me.actor, draft_id, _clean(findings), _clean(impression))
@@ -160,7 +182,11 @@ def approve_page(
 
 @router.post("/drafts/{draft_id}/reject")
 def reject_page(
-    request: Request, draft_id: DraftId, me: PageReviewer, session: SessionDep, csrf: Csrf,
+    request: Request,
+    draft_id: DraftId,
+    me: PageReviewer,
+    session: SessionDep,
+    csrf: Csrf = "",
     reason: Text = "",
 ) -> Response:
     check_csrf(request, csrf)
@@ -174,7 +200,7 @@ def reject_page(
 
 @router.post("/drafts/{draft_id}/release")
 def release_page(
-    request: Request, draft_id: DraftId, me: PageReviewer, session: SessionDep, csrf: Csrf
+    request: Request, draft_id: DraftId, me: PageReviewer, session: SessionDep, csrf: Csrf = ""
 ) -> Response:
     check_csrf(request, csrf)
     outcome = release(session, me.actor, draft_id)

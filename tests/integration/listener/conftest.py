@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 from pydicom.dataset import Dataset
+from pydicom.uid import UID
 from pynetdicom import AE
 from pynetdicom.association import Association
-from pydicom.uid import UID
 from pynetdicom.dsutils import create_file_meta
 
 from dicom_listener.service import ListenerHandle, start_listener

@@ -156,8 +156,9 @@ def test_malformed_requests_are_answered_never_success(listener: Running) -> Non
 def test_cut_off_transfer_leaves_no_temp_file(listener: Running) -> None:
     ds = _ct(size=512)
     assoc = _open(listener)
-    from pynetdicom.dimse_primitives import C_STORE
     import io
+
+    from pynetdicom.dimse_primitives import C_STORE
 
     request = C_STORE()
     request.MessageID = 1

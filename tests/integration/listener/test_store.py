@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from db.tables import Instance, Study
 from dicom_listener.spool import study_folder
-from prelim.synthetic import make_cxr_study, make_ct_series, write_study
+from prelim.synthetic import make_ct_series, make_cxr_study, write_study
 from tests.integration.listener.conftest import Running, StartListener, associate
 
 # One file per transfer syntax PACS send (pydicom's bundled test files).
@@ -99,7 +99,7 @@ def _dataset_offset(path: Path) -> int:
         ds = dcmread(f, stop_before_pixels=True)
         del ds
         f.seek(0)
-        from pydicom.filereader import read_preamble, _read_file_meta_info
+        from pydicom.filereader import _read_file_meta_info, read_preamble
 
         read_preamble(f, False)
         _read_file_meta_info(f)

@@ -10,11 +10,10 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from db.engine import transaction
-from db.reviewers import add_reviewer
 from prelim.database import Database, open_database
 from prelim.settings import Settings
 from review.app import create_app
-from tests.integration.review.factories import PASSWORD
+from tests.integration.review.factories import PASSWORD, quick_reviewer
 
 _CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 
@@ -31,8 +30,8 @@ def sqlite_db(settings: Settings) -> Iterator[Database]:
 @pytest.fixture
 def app(settings: Settings, sqlite_db: Database) -> FastAPI:
     with transaction(sqlite_db.sessions) as session:
-        add_reviewer(session, "alice", PASSWORD, display_name="Dr Alice A")
-        add_reviewer(session, "bob", PASSWORD, display_name="Dr Bob B")
+        quick_reviewer(session, "alice", "Dr Alice A")
+        quick_reviewer(session, "bob", "Dr Bob B")
     return create_app(settings, sqlite_db)
 
 

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
+from argon2 import PasswordHasher
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from db.audit import Actor
 from db.queue import enqueue_draft
-from db.reviewers import add_reviewer
-from db.tables import Draft, DraftState, Study, StudyState
+from db.tables import Draft, DraftState, Reviewer, Study, StudyState
 
 PASSWORD = "correct horse battery"
 
@@ -106,6 +107,22 @@ def bulk_drafts(session: Session, count: int, *, priorities: int = 1) -> None:
     )
 
 
+@lru_cache(maxsize=1)
+def password_hash() -> str:
+    # Hashed once per test run: argon2 is slow on purpose.
+    return PasswordHasher().hash(PASSWORD)
+
+
+def quick_reviewer(session: Session, name: str, display_name: str | None = None) -> Reviewer:
+    """A reviewer whose password is PASSWORD, without paying for a new hash."""
+    reviewer = Reviewer(
+        name=name, display_name=display_name or name, password_hash=password_hash(), active=True
+    )
+    session.add(reviewer)
+    session.flush()
+    return reviewer
+
+
 def add_actor(session: Session, name: str | None = None) -> Actor:
-    reviewer = add_reviewer(session, name or f"r{uuid.uuid4().hex[:8]}", PASSWORD)
+    reviewer = quick_reviewer(session, name or f"r{uuid.uuid4().hex[:8]}")
     return Actor(reviewer.id, reviewer.name, "127.0.0.1")

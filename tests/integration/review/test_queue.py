@@ -20,7 +20,9 @@ from tests.integration.review.factories import add_actor, add_draft, add_study, 
 TTL = 60.0
 
 
-def _claim_all(database: Database, actor: Actor, got: list[int], errors: list[BaseException]) -> None:
+def _claim_all(
+    database: Database, actor: Actor, got: list[int], errors: list[BaseException]
+) -> None:
     try:
         while True:
             with transaction(database.sessions) as session:
@@ -144,8 +146,14 @@ def test_one_active_draft_per_study_is_a_constraint(database: Database) -> None:
         now = datetime.now(UTC)
         session.execute(
             insert(Draft).values(
-                study_id=study_id, generation=2, state=DraftState.QUEUED, flags=[],
-                provenance={}, images=[], created_at=now, updated_at=now,
+                study_id=study_id,
+                generation=2,
+                state=DraftState.QUEUED,
+                flags=[],
+                provenance={},
+                images=[],
+                created_at=now,
+                updated_at=now,
             )
         )
 
@@ -182,6 +190,15 @@ def test_enqueue_unknown_study_raises(database: Database) -> None:
 
     with pytest.raises(StudyNotFound), transaction(database.sessions) as session:
         enqueue_draft(
-            session, study_key="nope", generation=1, findings="", impression="", raw_text="",
-            flags=[], provenance={}, model_id="m", prompt_version="p", images=[],
+            session,
+            study_key="nope",
+            generation=1,
+            findings="",
+            impression="",
+            raw_text="",
+            flags=[],
+            provenance={},
+            model_id="m",
+            prompt_version="p",
+            images=[],
         )

@@ -10,7 +10,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
+
+from prelim.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[3]
 DOCKER = ROOT / "docker"
@@ -89,3 +92,14 @@ def clean_env(**extra: str) -> dict[str, str]:
     env = {k: os.environ[k] for k in ("PATH", "HOME", "LANG") if k in os.environ}
     env.update(extra)
     return env
+
+
+def settings_from(env: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp: Path) -> Settings:
+    """The Settings a process gets from the PRELIM_* variables of ``env`` alone."""
+    for key in [k for k in os.environ if k.startswith("PRELIM_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("PRELIM_CONFIG", str(tmp / "absent.toml"))
+    for key, value in env.items():
+        if key.startswith("PRELIM_"):
+            monkeypatch.setenv(key, value)
+    return load_settings()

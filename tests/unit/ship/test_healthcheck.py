@@ -88,6 +88,7 @@ def test_echo_counts_an_allowlist_rejection_as_alive(tmp_path: Path) -> None:
     server = ae.start_server(
         ("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_ECHO, echoes.append)]
     )
+    assert server is not None
     try:
         port = server.server_address[1]
         done = _probe(

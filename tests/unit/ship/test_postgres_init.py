@@ -42,15 +42,16 @@ def test_init_script_creates_owned_databases(
         )
         assert done.returncode == 0, done.stderr
         with admin.connect() as conn:
-            owners = dict(
-                conn.execute(
+            owners: dict[str, str] = {
+                row[0]: row[1]
+                for row in conn.execute(
                     text(
                         "SELECT datname, pg_get_userbyid(datdba) FROM pg_database "
                         "WHERE datname = ANY(:names)"
                     ),
                     {"names": names},
-                ).all()
-            )
+                )
+            }
             superuser = conn.execute(
                 text("SELECT bool_or(rolsuper) FROM pg_roles WHERE rolname = ANY(:names)"),
                 {"names": names},
