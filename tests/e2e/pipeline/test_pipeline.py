@@ -85,11 +85,14 @@ def test_studies_sent_with_storescu_become_drafts(stack: dict[str, Any], tmp_pat
 
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+    from prefect.client.schemas.sorting import FlowRunSort
 
     names = [f"study-{r.study_key}" for r in rows.values()]
     with get_client(sync_client=True) as client:
         runs = client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=names))
+            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=names)),
+            sort=FlowRunSort.NAME_ASC,
+            limit=50,
         )
     assert sorted(r.name for r in runs) == sorted(names)
     assert all(r.state is not None and r.state.is_completed() for r in runs)
@@ -141,6 +144,7 @@ def test_failed_study_shows_its_reason_in_queue_and_prefect(
 ) -> None:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+    from prefect.client.schemas.sorting import FlowRunSort
 
     from flows.ingest import StudyFailed, ingest_study
 
@@ -155,7 +159,9 @@ def test_failed_study_shows_its_reason_in_queue_and_prefect(
     assert "could be read from the spool" in (draft.state_reason or "")
     with get_client(sync_client=True) as client:
         (run,) = client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[f"study-{key}"]))
+            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[f"study-{key}"])),
+            sort=FlowRunSort.NAME_ASC,
+            limit=5,
         )
     assert run.state is not None and run.state.is_failed()
     assert "could be read from the spool" in (run.state.message or "")

@@ -133,4 +133,5 @@ def test_tls_requires_a_trusted_client_certificate(start: StartListener, tmp_pat
     plain = associate(listener.port, [(CT, [EXPLICIT])])
     assert not plain.is_established
     del refused, plain
+    listener.handle.stop()
     gc.collect()
