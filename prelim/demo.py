@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import secrets
 import time
 from collections.abc import Iterator
@@ -110,7 +112,7 @@ def wait_for_drafts(
 def summary_table(studies: list[DemoStudy], rows: dict[str, Study], database: Any) -> Table:
     from db.tables import Draft
 
-    table = Table(title="prelim demo")
+    table = Table(title="prelim demo", expand=True)
     for col in ("study", "instances", "study key", "state", "draft", "flags"):
         table.add_column(col)
     with transaction(database.sessions) as session:
@@ -125,12 +127,13 @@ def summary_table(studies: list[DemoStudy], rows: dict[str, Study], database: An
             text = "-"
             flags = "-"
             if draft is not None:
-                text = (draft.impression or draft.findings or draft.raw_text or "")[:60] or "-"
+                raw = draft.impression or draft.findings or draft.raw_text or ""
+                text = "".join(c if c.isprintable() else " " for c in raw)[:40] or "-"
                 flags = ", ".join(draft.flags or []) or "none"
             table.add_row(
                 study.label,
                 str(len(study.datasets)),
-                row.study_key[:12],
+                row.study_key[:8],
                 row.state.value + (f" ({row.state_reason})" if row.state_reason else ""),
                 text,
                 flags,
@@ -156,6 +159,11 @@ def run_demo(settings: Settings, *, timeout_s: float = 600.0, stay: bool = True)
     from prelim.runner import embedded_stack, wait_for_signal
 
     console = Console()
+    if settings.log_level.upper() not in ("DEBUG",):
+        # The progress bars tell the story; keep routine log lines off the console.
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+        for name in ("prelim", "dicom_listener", "flows", "db", "review", "models"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     settings, stand_in = choose_model(settings, allow_stand_in=True)
     console.print("[bold]prelim demo[/]: starting the listener, pipeline, review app and Prefect")
     with ExitStack() as stack:

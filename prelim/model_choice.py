@@ -9,6 +9,7 @@ from prelim.settings import Settings
 
 log = logging.getLogger(__name__)
 
+STAND_IN_MAX_NEW_TOKENS = 64
 STAND_IN_NOTICE = (
     "MedGemma's weights are not available on this machine ({why}).\n"
     "Using the tiny stand-in model instead: its drafts are random, meaningless text.\n"
@@ -57,4 +58,9 @@ def choose_model(settings: Settings, *, allow_stand_in: bool) -> tuple[Settings,
     if ok:
         return settings, False
     print(STAND_IN_NOTICE.format(why=why), flush=True)
-    return settings.model_copy(update={"model": str(stand_in_model_dir(settings))}), True
+    # Its text is noise either way: a short draft keeps a CPU-only machine responsive.
+    update = {
+        "model": str(stand_in_model_dir(settings)),
+        "max_new_tokens": min(settings.max_new_tokens, STAND_IN_MAX_NEW_TOKENS),
+    }
+    return settings.model_copy(update=update), True

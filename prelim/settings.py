@@ -8,8 +8,8 @@ below. Nothing reads the environment at import time: call :func:`get_settings`.
 from __future__ import annotations
 
 import ipaddress
-import os
 import json
+import os
 from pathlib import Path
 from typing import Any
 
