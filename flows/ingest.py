@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import socket
 import time
+from collections.abc import Callable
 from functools import lru_cache
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
-from prefect import flow, task
+from prefect import Task, flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
@@ -27,6 +28,9 @@ from flows.prepare import PreparedStudy, prepare_study
 from prelim.database import Database, open_database
 from prelim.errors import DatabaseUnavailable, PrelimError
 from prelim.settings import Settings, get_settings
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 TRANSIENT = (OperationalError, DatabaseUnavailable, ConnectionError, TimeoutError)
 
@@ -63,16 +67,19 @@ def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
     return False
 
 
-_task = {
-    "persist_result": False,
-    "cache_policy": NO_CACHE,
-    "retries": 3,
-    "retry_delay_seconds": [1, 5, 20],
-    "retry_condition_fn": retry_transient,
-}
+def pipeline_task(name: str) -> Callable[[Callable[P, R]], Task[P, R]]:
+    """A task that is not cached, keeps no result, and retries transient failures only."""
+    return task(
+        name=name,
+        persist_result=False,
+        cache_policy=NO_CACHE,
+        retries=3,
+        retry_delay_seconds=[1, 5, 20],
+        retry_condition_fn=retry_transient,
+    )
 
 
-@task(name="load-study", **_task)
+@pipeline_task("load-study")
 def load_study(study_key: str) -> StudyInputs | None:
     """The study's instances, or None while it is still receiving (a new trigger follows)."""
     settings = get_settings()
@@ -84,7 +91,7 @@ def load_study(study_key: str) -> StudyInputs | None:
     return inputs
 
 
-@task(name="prepare-images", **_task)
+@pipeline_task("prepare-images")
 def prepare_images(inputs: StudyInputs) -> PreparedStudy:
     return prepare_study(inputs, get_settings().resolved_images_dir)
 
@@ -110,7 +117,7 @@ def draft_report(prepared: PreparedStudy) -> Any:
         return get_batcher(settings).draft(request)
 
 
-@task(name="enqueue-draft", **_task)
+@pipeline_task("enqueue-draft")
 def enqueue(prepared: PreparedStudy, report: Any) -> bool:
     def put(session: Any) -> None:
         enqueue_draft(
@@ -133,7 +140,7 @@ def enqueue(prepared: PreparedStudy, report: Any) -> bool:
         )
 
 
-@task(name="record-outcome", **_task)
+@pipeline_task("record-outcome")
 def record_outcome(study_key: str, generation: int, reason: str, skipped: bool) -> bool:
     state = StudyState.SKIPPED if skipped else StudyState.FAILED
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query
 
@@ -60,7 +60,7 @@ def get_draft(
     return open_draft(session, me, draft_id, settings)
 
 
-_REFUSED = {
+_REFUSED: dict[int | str, dict[str, Any]] = {
     404: {"description": "No such draft"},
     409: {"description": "Another reviewer holds it, or its state does not allow this"},
 }

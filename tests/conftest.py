@@ -32,9 +32,9 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
+def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     """Settings rooted in a temp folder, SQLite database, no prelim.toml."""
-    os.environ["PRELIM_CONFIG"] = str(tmp_path / "absent.toml")
+    monkeypatch.setenv("PRELIM_CONFIG", str(tmp_path / "absent.toml"))
     return load_settings(data_dir=tmp_path / "var", stable_age_s=1.0, log_level="DEBUG")
 
 
