@@ -63,18 +63,34 @@ def record(
 ) -> None:
     """Append one row. ``detail`` must carry no patient identifiers."""
     session.connection().execute(
-        _INSERT,
-        {
-            "at": at or datetime.now(UTC),
-            "reviewer_id": actor.reviewer_id,
-            "actor": actor.name[:64],
-            "action": str(action),
-            "draft_id": draft_id,
-            "outcome": str(outcome),
-            "detail": detail,
-            "address": (actor.address or None) and actor.address[:64],
-        },
+        _INSERT, row(actor, action, outcome, draft_id=draft_id, detail=detail, at=at)
     )
+
+
+def row(
+    actor: Actor,
+    action: Action,
+    outcome: Outcome,
+    *,
+    draft_id: int | None = None,
+    detail: str | None = None,
+    at: datetime | None = None,
+) -> dict[str, object]:
+    """The column values of one audit row, as ``record`` writes them.
+
+    Shared with statements that write their audit row themselves (the claim on
+    PostgreSQL), so that every row is shaped the same way.
+    """
+    return {
+        "at": at or datetime.now(UTC),
+        "reviewer_id": actor.reviewer_id,
+        "actor": actor.name[:64],
+        "action": str(action),
+        "draft_id": draft_id,
+        "outcome": str(outcome),
+        "detail": detail,
+        "address": (actor.address or None) and actor.address[:64],
+    }
 
 
 def events(session: Session, *, draft_id: int | None = None, limit: int = 200) -> list[AuditEvent]:

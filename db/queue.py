@@ -2,9 +2,10 @@
 
 This is the only place with the claim query. On PostgreSQL a claim is one
 ``UPDATE ... WHERE id = (SELECT ... FOR UPDATE SKIP LOCKED) RETURNING``, so
-concurrent reviewers never wait on each other's rows; on SQLite the same
-statement runs inside a ``BEGIN IMMEDIATE`` transaction (see db.engine), which
-makes the database the single writer.
+concurrent reviewers never wait on each other's rows, and it carries its audit
+row in the same statement (a data-modifying CTE: one round trip); on SQLite the
+same UPDATE runs inside a ``BEGIN IMMEDIATE`` transaction (see db.engine), which
+makes the database the single writer, and the audit row follows it.
 
 A claim is a lease: it ends at ``claim_expires_at`` unless the reviewer's
 activity renews it, after which anyone may claim the draft.
@@ -22,6 +23,8 @@ from typing import Any
 from sqlalchemy import (
     DateTime,
     Integer,
+    String,
+    Text,
     TextClause,
     and_,
     bindparam,
@@ -33,7 +36,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
-from db.audit import Action, Actor, Outcome, record
+from db.audit import Action, Actor, Outcome, record, row
 from db.pipeline import StudyNotFound
 from db.tables import ACTIVE_DRAFT_STATES, Draft, DraftState, Study
 
@@ -161,8 +164,8 @@ def _claim_values(actor: Actor, now: datetime, ttl_s: float) -> dict[str, Any]:
 # else holds (the best queued draft, the best draft whose lease expired), and
 # the better of the two is claimed. State literals, not parameters, so that a
 # generic plan still matches the partial indexes.
-_CLAIM_NEXT = """
-WITH queued AS (
+_CLAIM_CTES = """
+queued AS (
     SELECT id, priority, created_at FROM drafts
     WHERE state = 'queued'
     ORDER BY priority DESC, created_at, id LIMIT 1 {lock}
@@ -170,7 +173,9 @@ WITH queued AS (
     SELECT id, priority, created_at FROM drafts
     WHERE state = 'claimed' AND claim_expires_at < :now
     ORDER BY priority DESC, created_at, id LIMIT 1 {lock}
-)
+)"""
+
+_CLAIM_UPDATE = """
 UPDATE drafts
 SET state = 'claimed', claimed_by = :reviewer_id, claimed_at = :now,
     claim_expires_at = :expires, updated_at = :now,
@@ -179,15 +184,49 @@ WHERE id = (
     SELECT id FROM (SELECT * FROM queued UNION ALL SELECT * FROM expired) AS claimable
     ORDER BY priority DESC, created_at, id LIMIT 1
 )
-RETURNING id
+RETURNING id"""
+
+# SQLite: the claim alone; its audit row follows as a second statement in the
+# same BEGIN IMMEDIATE transaction (SQLite has no data-modifying CTEs).
+_CLAIM_NEXT = "WITH" + _CLAIM_CTES + _CLAIM_UPDATE
+
+# PostgreSQL: the claim and its audit row in one statement, one round trip.
+# The UPDATE is a data-modifying CTE; the INSERT always writes exactly one row
+# (the LEFT JOIN against a one-row VALUES), with the claimed draft's id and
+# outcome "ok", or no draft and outcome "empty" when nothing was claimable.
+# Both writes are in the caller's transaction, so they commit or vanish together.
+_CLAIM_NEXT_AUDITED = (
+    "WITH"
+    + _CLAIM_CTES
+    + ", claimed AS ("
+    + _CLAIM_UPDATE
+    + """
+)
+INSERT INTO audit_events (at, reviewer_id, actor, action, draft_id, outcome, detail, address)
+SELECT :now, :reviewer_id, :actor, :action, claimed.id,
+       CASE WHEN claimed.id IS NULL THEN :empty ELSE :ok END, :detail, :address
+FROM (VALUES (1)) AS one LEFT JOIN claimed ON true
+RETURNING draft_id
 """
+)
 
 
 @lru_cache(maxsize=4)
 def _claim_next_statement(dialect: str) -> TextClause:
+    if dialect == "postgresql":
+        return text(_CLAIM_NEXT_AUDITED.format(lock="FOR UPDATE SKIP LOCKED")).bindparams(
+            bindparam("now", type_=DateTime(timezone=True)),
+            bindparam("expires", type_=DateTime(timezone=True)),
+            bindparam("reviewer_id", type_=Integer()),
+            bindparam("actor", type_=String()),
+            bindparam("action", type_=String()),
+            bindparam("ok", type_=String()),
+            bindparam("empty", type_=String()),
+            bindparam("detail", type_=Text()),
+            bindparam("address", type_=String()),
+        )
     # SQLite has no row locks: its BEGIN IMMEDIATE transaction is the lock.
-    lock = "FOR UPDATE SKIP LOCKED" if dialect == "postgresql" else ""
-    return text(_CLAIM_NEXT.format(lock=lock)).bindparams(
+    return text(_CLAIM_NEXT.format(lock="")).bindparams(
         bindparam("now", type_=DateTime(timezone=True)),
         bindparam("expires", type_=DateTime(timezone=True)),
         bindparam("reviewer_id", type_=Integer()),
@@ -195,16 +234,33 @@ def _claim_next_statement(dialect: str) -> TextClause:
 
 
 def claim_next(session: Session, actor: Actor, *, ttl_s: float) -> int | None:
-    """Claim the most urgent, then oldest, claimable draft; None when there is none."""
+    """Claim the most urgent, then oldest, claimable draft; None when there is none.
+
+    Writes one audit row either way: outcome "ok" with the draft, or "empty".
+    """
     now = _now()
     connection = session.connection()
+    params = {"expires": now + timedelta(seconds=ttl_s)}
+    if connection.dialect.name == "postgresql":
+        audit = row(actor, Action.CLAIM, Outcome.OK, detail="next", at=now)
+        draft_id = connection.execute(
+            _claim_next_statement("postgresql"),
+            {
+                **params,
+                "now": now,
+                "reviewer_id": actor.reviewer_id,
+                "actor": audit["actor"],
+                "action": audit["action"],
+                "ok": str(Outcome.OK),
+                "empty": str(Outcome.EMPTY),
+                "detail": audit["detail"],
+                "address": audit["address"],
+            },
+        ).scalar_one()
+        return None if draft_id is None else int(draft_id)
     draft_id = connection.execute(
         _claim_next_statement(connection.dialect.name),
-        {
-            "now": now,
-            "expires": now + timedelta(seconds=ttl_s),
-            "reviewer_id": actor.reviewer_id,
-        },
+        {**params, "now": now, "reviewer_id": actor.reviewer_id},
     ).scalar_one_or_none()
     outcome = Outcome.OK if draft_id is not None else Outcome.EMPTY
     record(session, actor, Action.CLAIM, outcome, draft_id=draft_id, detail="next", at=now)
