@@ -1,9 +1,11 @@
 """Claims per second and p99 claim latency, 16 reviewers on PostgreSQL.
 
-Ours (``db.queue.claim_next``: one UPDATE ... FOR UPDATE SKIP LOCKED statement)
-against the naive way (SELECT the best row, then UPDATE it if still queued,
-retrying on a lost race), in the same run on the same database. Both write the
-same audit row per claim. Output carries draft ids and counts only.
+Ours (``db.queue.claim_next``: one UPDATE ... FOR UPDATE SKIP LOCKED statement
+that also inserts its audit row, a data-modifying CTE) against the naive way
+(SELECT the best row, then UPDATE it if still queued, retrying on a lost race),
+in the same run on the same database. Both write the same audit row per claim;
+the "audit" column counts the claim rows with outcome "ok" each run wrote, which
+must equal its claims. Output carries draft ids and counts only.
 
     python -m bench.claims [--drafts 5000] [--reviewers 16] [--url URL]
 """
@@ -126,8 +128,15 @@ def reset(engine_url: str) -> None:
     engine.dispose()
 
 
+_AUDITED_CLAIMS = text(
+    "SELECT count(*) FROM audit_events WHERE action = 'claim' AND outcome = 'ok'"
+)
+
+
 def run(engine_url: str, actors: list[Actor], claim: Claim) -> dict[str, float]:
     engine = make_engine(engine_url, pool_size=len(actors), max_overflow=0)
+    with engine.connect() as conn:
+        audited_before = conn.execute(_AUDITED_CLAIMS).scalar_one()
     claimed: list[list[int]] = [[] for _ in actors]
     latencies: list[list[float]] = [[] for _ in actors]
     retries = [0] * len(actors)
@@ -160,6 +169,8 @@ def run(engine_url: str, actors: list[Actor], claim: Claim) -> dict[str, float]:
     for t in threads:
         t.join()
     elapsed = time.perf_counter() - began
+    with engine.connect() as conn:
+        audited = conn.execute(_AUDITED_CLAIMS).scalar_one() - audited_before
     engine.dispose()
     every = [d for c in claimed for d in c]
     lat = sorted(x for per in latencies for x in per)
@@ -168,6 +179,7 @@ def run(engine_url: str, actors: list[Actor], claim: Claim) -> dict[str, float]:
         "claims": len(every),
         "retries": sum(retries),
         "double": doubles,
+        "audit": audited,
         "per_s": len(every) / elapsed,
         "p50_ms": statistics.median(lat) * 1000,
         "p99_ms": lat[int(0.99 * (len(lat) - 1))] * 1000,
@@ -197,13 +209,13 @@ def main() -> int:
         admin.dispose()
     print(f"{args.reviewers} reviewers, {args.drafts} queued drafts, PostgreSQL, durable commits")
     print(
-        f"{'way':<22}{'claims':>8}{'double':>8}{'retries':>9}{'claims/s':>10}{'p50 ms':>9}"
-        f"{'p99 ms':>9}"
+        f"{'way':<22}{'claims':>8}{'audit':>7}{'double':>8}{'retries':>9}{'claims/s':>10}"
+        f"{'p50 ms':>9}{'p99 ms':>9}"
     )
     for label, r in results.items():
         print(
-            f"{label:<22}{r['claims']:>8.0f}{r['double']:>8.0f}{r['retries']:>9.0f}{r['per_s']:>10.0f}"
-            f"{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}"
+            f"{label:<22}{r['claims']:>8.0f}{r['audit']:>7.0f}{r['double']:>8.0f}"
+            f"{r['retries']:>9.0f}{r['per_s']:>10.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}"
         )
     naive, mine = results["naive SELECT+UPDATE"], results["ours SKIP LOCKED"]
     print(

@@ -9,7 +9,7 @@ pynetdicom's acceptor is kept; a few of its seams are used:
   an A-ASSOCIATE-RJ (rejected-permanent, service-user, no-reason-given: the
   standard has no "address not allowed" reason, and "calling AE title not
   recognised" would point the sender's admin at the wrong setting).
-- the socket's ``recv``: reads a PDU with ``recv_into`` in large pieces instead
+- the socket's ``recv`` and shutdown: always closes, and reads a PDU with ``recv_into`` in large pieces instead
   of 4 KB ``recv`` calls, which dominates pynetdicom's cost on big instances.
 - the chunked-receive temp file: created in the spool's ``.incoming`` folder
   (same file system, so storing is a rename) and hashed while it is written.
@@ -75,6 +75,18 @@ def install_temp_file_hook() -> None:
 
 
 class FastSocket(AssociationSocket):
+    def _shutdown_socket(self) -> None:
+        # pynetdicom skips close() when shutdown() fails (the peer is already
+        # gone), leaking one descriptor per dropped connection.
+        sock = self.socket
+        if sock is None:
+            return
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        sock.close()
+
     def recv(self, nr_bytes: int) -> bytearray:
         sock = cast(socket.socket, self.socket)
         buffer = bytearray(nr_bytes)

@@ -125,13 +125,21 @@ def test_tls_requires_a_trusted_client_certificate(start: StartListener, tmp_pat
     assert good.is_established
     assert good.send_c_store(make_ct_series(2, slices=1, rows=16, columns=16)[0]).Status == 0
     good.release()
-    for cn in ("rogue", None):
-        refused = associate(
-            listener.port, [(CT, [EXPLICIT])], tls_args=(_client_context(tmp_path, cn), "127.0.0.1")
+    refused = [
+        associate(
+            listener.port,
+            [(CT, [EXPLICIT])],
+            tls_args=(_client_context(tmp_path, cn), "127.0.0.1"),
         )
-        assert not refused.is_established
-    plain = associate(listener.port, [(CT, [EXPLICIT])])
-    assert not plain.is_established
-    del refused, plain
-    listener.handle.stop()
+        for cn in ("rogue", None)
+    ]
+    refused.append(associate(listener.port, [(CT, [EXPLICIT])]))  # no TLS at all
+    assert [a.is_established for a in refused] == [False, False, False]
+    for assoc in refused:
+        for thread in (assoc, assoc.dul):
+            if thread.is_alive():
+                thread.join(10)
+        if assoc.dul.socket is not None:
+            assoc.dul.socket.close()
+    del refused, assoc
     gc.collect()
