@@ -1,10 +1,11 @@
 """Turn a received temp file into a durable, indexed instance, and say which status.
 
 Order, so that 0x0000 always means "on disk and indexed": check free space,
-parse and check the header, look for a duplicate, fsync and rename the file
-into the spool, fsync its folder, then index it in one transaction. A failure
-after the rename removes the file again: nothing unacknowledged stays indexed
-or spooled.
+parse and check the header, then in one transaction look for a duplicate,
+fsync and rename the file into the spool, fsync its folder, index it and
+commit. A failed commit removes the file again: nothing unacknowledged stays
+indexed or spooled (a crash between rename and commit leaves a complete file
+that start-up recovery indexes).
 
 Duplicates: the same SOP Instance UID received again is stored once. When its
 bytes are identical the copy is dropped. When they differ (a re-send in another
@@ -81,39 +82,37 @@ class Receiver:
         )
         relative = self.spool.relative_path(study.study_instance_uid, uid)
         lock = self._locks[hash(uid) % _LOCK_STRIPES]
+        sha256 = sha256 or file_sha256(temp)
+        fields = InstanceFields(
+            sop_instance_uid=uid,
+            sop_class_uid=header.sop_class_uid,
+            series_instance_uid=header.series_instance_uid,
+            modality=header.modality,
+            transfer_syntax_uid=header.transfer_syntax_uid,
+            path=relative,
+            size_bytes=temp.stat().st_size,
+            sha256=sha256,
+        )
+        committed = False
         with lock:
+            # One transaction: look for a duplicate, make the file durable, index
+            # it. The commit comes last, so an index row never outlives its file,
+            # and a failed commit removes the file it would have pointed to.
             try:
-                with self.database.sessions() as session:
+                with transaction(self.database.sessions) as session:
                     existing = find_instance(session, uid)
-                    known_sha = existing.sha256 if existing is not None else None
-            except SQLAlchemyError as exc:
-                log.error("instance %s refused: database unavailable (%s)", uid, type(exc).__name__)
-                return statuses.OUT_OF_RESOURCES
-            sha256 = sha256 or file_sha256(temp)
-            if known_sha is not None:
-                self._log_duplicate(uid, known_sha, sha256)
-                return statuses.SUCCESS
-            size = temp.stat().st_size
-            try:
-                self.spool.commit(temp, relative)
+                    if existing is not None:
+                        self._log_duplicate(uid, existing.sha256, sha256)
+                        return statuses.SUCCESS
+                    self.spool.commit(temp, relative)
+                    committed = True
+                    result = index_instance(session, study, fields, datetime.now(UTC))
             except OSError as exc:
                 log.error("instance %s refused: cannot write the spool (%s)", uid, exc.strerror)
                 return statuses.OUT_OF_RESOURCES
-            fields = InstanceFields(
-                sop_instance_uid=uid,
-                sop_class_uid=header.sop_class_uid,
-                series_instance_uid=header.series_instance_uid,
-                modality=header.modality,
-                transfer_syntax_uid=header.transfer_syntax_uid,
-                path=relative,
-                size_bytes=size,
-                sha256=sha256,
-            )
-            try:
-                with transaction(self.database.sessions) as session:
-                    result = index_instance(session, study, fields, datetime.now(UTC))
             except SQLAlchemyError as exc:
-                self.spool.discard(relative)
+                if committed:
+                    self.spool.discard(relative)
                 log.error("instance %s refused: database unavailable (%s)", uid, type(exc).__name__)
                 return statuses.OUT_OF_RESOURCES
         if result.outcome is Indexed.DUPLICATE:  # indexed by another process meanwhile

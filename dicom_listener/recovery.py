@@ -17,7 +17,7 @@ from pydicom import dcmread
 
 from db.engine import transaction
 from db.studies import InstanceFields, index_instance, indexed_paths
-from dicom_listener.header import InstanceRejected, read_header
+from dicom_listener.header import read_header
 from dicom_listener.receiver import file_sha256
 from dicom_listener.spool import Spool
 from prelim.database import Database
@@ -46,7 +46,7 @@ def recover(spool: Spool, database: Database) -> Recovered:
             header = read_header(
                 path, str(meta.MediaStorageSOPClassUID), str(meta.MediaStorageSOPInstanceUID)
             )
-        except (InstanceRejected, Exception) as exc:
+        except Exception as exc:  # InstanceRejected included: nothing readable to index
             log.error("spool file %s is unreadable (%s): quarantined", relative, exc)
             spool.quarantine(relative)
             quarantined += 1

@@ -9,8 +9,8 @@ pynetdicom's acceptor is kept; a few of its seams are used:
   an A-ASSOCIATE-RJ (rejected-permanent, service-user, no-reason-given: the
   standard has no "address not allowed" reason, and "calling AE title not
   recognised" would point the sender's admin at the wrong setting).
-- the socket's ``recv`` and shutdown: always closes, and reads a PDU with ``recv_into`` in large pieces instead
-  of 4 KB ``recv`` calls, which dominates pynetdicom's cost on big instances.
+- the socket: it always closes on shutdown, and reads a PDU with ``recv_into``
+  in large pieces instead of 4 KB ``recv`` calls.
 - the chunked-receive temp file: created in the spool's ``.incoming`` folder
   (same file system, so storing is a rename) and hashed while it is written.
 """

@@ -8,8 +8,9 @@ import socket
 import subprocess
 import sys
 import threading
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import pytest
 from pydicom import dcmread
@@ -66,51 +67,59 @@ def _listen(data_dir: Path, port: int, log: BinaryIO) -> subprocess.Popen:
     )
 
 
+@dataclass
+class Sender:
+    """Sends instances on one association, noting each one answered 0x0000."""
+
+    port: int
+    series: list
+    acknowledged: list[str]
+    kill_at: int
+    sent: int = 0
+    ready_to_kill: threading.Event = field(default_factory=threading.Event)
+    assoc: Any = None
+
+    def run(self, start: int) -> None:
+        try:
+            self.assoc = associate(self.port, [(CT, [EXPLICIT])])
+            for ds in self.series[start:]:
+                status = self.assoc.send_c_store(ds)
+                self.sent += 1
+                if "Status" not in status:
+                    break
+                if status.Status == 0:
+                    self.acknowledged.append(str(ds.SOPInstanceUID))
+                    if len(self.acknowledged) >= self.kill_at:
+                        self.ready_to_kill.set()
+            self.assoc.release()
+        except Exception:  # the peer died under us: that is the point
+            pass
+        finally:
+            self.ready_to_kill.set()
+
+
 def test_kill_9_during_transfer_loses_nothing_acknowledged(
     settings: Settings, tmp_path: Path
 ) -> None:
     data_dir = tmp_path / "data"
     series = make_ct_series(41, slices=500, rows=64, columns=64)
     acknowledged: list[str] = []
-    associations: list = []
-    sent = 0
+    position = 0
     log = (tmp_path / "listener.log").open("ab")
     for round_ in range(3):
         port = _free_port()
         process = _listen(data_dir, port, log)
         _wait_port(port, process)
-        kill_after = 60 + 40 * round_
-        done = threading.Event()
-
-        def send(start: int) -> None:
-            nonlocal sent
-            try:
-                assoc = associate(port, [(CT, [EXPLICIT])])
-                associations.append(assoc)
-                for ds in series[start:]:
-                    status = assoc.send_c_store(ds)
-                    sent += 1
-                    if "Status" not in status:
-                        break
-                    if status.Status == 0:
-                        acknowledged.append(str(ds.SOPInstanceUID))
-                        if len(acknowledged) >= kill_after * (round_ + 1):
-                            done.set()
-                assoc.release()
-            except Exception:  # the peer died under us: that is the point
-                pass
-            finally:
-                done.set()
-
-        sender = threading.Thread(target=send, args=(sent,))
-        sender.start()
-        assert done.wait(120)
-        process.send_signal(signal.SIGKILL)
+        sender = Sender(port, series, acknowledged, kill_at=len(acknowledged) + 60 + 40 * round_)
+        thread = threading.Thread(target=sender.run, args=(position,))
+        thread.start()
+        assert sender.ready_to_kill.wait(120)
+        process.send_signal(signal.SIGKILL)  # mid-transfer: the sender is still sending
         process.wait(10)
-        sender.join(60)
-        for assoc in associations:  # pynetdicom leaves a dead peer's socket open
-            if assoc.dul.socket is not None:
-                assoc.dul.socket.close()
+        thread.join(60)
+        position += sender.sent
+        if sender.assoc is not None and sender.assoc.dul.socket is not None:
+            sender.assoc.dul.socket.close()
     # Restart: recovery runs, then every acknowledged instance is there and decodes.
     port = _free_port()
     process = _listen(data_dir, port, log)
@@ -126,7 +135,8 @@ def test_kill_9_during_transfer_loses_nothing_acknowledged(
         process.terminate()
         process.wait(10)
         log.close()
-    assert len(acknowledged) >= 60 * 3
+    assert len(acknowledged) >= 60 + 100 + 140
+    assert position < len(series)  # each kill really cut a transfer short
     for uid in acknowledged:
         assert uid in indexed
         ds = dcmread(spool / indexed[uid])

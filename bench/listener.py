@@ -1,0 +1,204 @@
+"""Receive speed and memory: DCMTK ``storescp +B`` against ``prelim listen``, in one run.
+
+Both receivers get the same files from the same sender, DCMTK ``storescu`` with
+TCP_NODELAY=1 over one association, at the same maximum PDU. Ours runs with its
+durability on (fsync of file and folder, then the index commit) and DCMTK's
+does not fsync. Run: ``python -m bench.listener`` (data cached in bench/out/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+from pydicom.uid import CTImageStorage
+
+from prelim.synthetic import make_ct_series, make_cxr_study, make_uid, write_study
+
+OUT = Path(__file__).with_name("out")
+PDU = 131072
+STORESCU = "/usr/bin/storescu"
+STORESCP = "/usr/bin/storescp"
+
+
+def cxr_set(count: int) -> list[Path]:
+    folder = OUT / f"cxr-{count}"
+    if not folder.is_dir() or len(list(folder.glob("*.dcm"))) < count:
+        for seed in range(count // 2):
+            write_study(make_cxr_study(1000 + seed, rows=2500, columns=2048), folder)
+    return sorted(folder.glob("*.dcm"))[:count]
+
+
+def ct_set(count: int) -> list[Path]:
+    folder = OUT / f"ct-{count}"
+    if not folder.is_dir() or len(list(folder.glob("*.dcm"))) < count:
+        write_study(make_ct_series(2000, slices=count), folder)
+    return sorted(folder.glob("*.dcm"))[:count]
+
+
+def huge_instance(megabytes: int = 1024) -> Path:
+    """One multi-frame CT instance of about ``megabytes`` MB of pixel data."""
+    path = OUT / f"huge-{megabytes}.dcm"
+    if path.exists():
+        return path
+    ds = make_ct_series(3000, slices=1, rows=512, columns=512)[0]
+    frames = megabytes * 1_048_576 // (512 * 512 * 2)
+    ds.NumberOfFrames = frames
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = make_uid("huge", megabytes)
+    ds.PixelData = np.tile(np.frombuffer(ds.PixelData, dtype=np.uint8), frames).tobytes()
+    OUT.mkdir(exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError("the receiver exited")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            threading.Event().wait(0.05)
+    raise RuntimeError("the receiver did not open its port")
+
+
+def send(port: int, files: list[Path]) -> float:
+    """Seconds storescu takes to send ``files`` on one association; fails on any failure."""
+    start = time.perf_counter()
+    done = subprocess.run(
+        [STORESCU, "-v", "--max-pdu", str(PDU), "127.0.0.1", str(port), *map(str, files)],
+        env=dict(os.environ, TCP_NODELAY="1"),
+        capture_output=True,
+        text=True,
+    )
+    seconds = time.perf_counter() - start
+    ok = (done.stdout + done.stderr).count("Received Store Response (Success)")
+    if ok != len(files):
+        raise RuntimeError(f"only {ok} of {len(files)} stored:\n{done.stderr[-2000:]}")
+    return seconds
+
+
+def start_dcmtk(folder: Path) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    process = subprocess.Popen(
+        [STORESCP, "+B", "--max-pdu", str(PDU), "-od", str(folder), str(port)],
+        # DCMTK turns Nagle off only when told; without it, 40 ms stalls per small instance.
+        env=dict(os.environ, TCP_NODELAY="1"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_port(port, process)
+    return process, port
+
+
+def start_prelim(folder: Path) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    env = dict(
+        os.environ,
+        PRELIM_MAX_PDU=str(PDU),
+        PRELIM_MIN_FREE_DISK_MB="0",
+        PRELIM_STABLE_AGE_S="3600",
+        PRELIM_LOG_LEVEL="WARNING",
+        PRELIM_CONFIG=str(folder / "absent.toml"),
+    )
+    env.pop("PREFECT_API_URL", None)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "prelim.cli",
+            "listen",
+            "--data-dir",
+            str(folder),
+            "--listener-host",
+            "127.0.0.1",
+            "--listener-port",
+            str(port),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_port(port, process)
+    return process, port
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def measure(name: str, files: list[Path], start: object, root: Path) -> dict[str, float]:
+    folder = Path(tempfile.mkdtemp(dir=root))
+    process, port = start(folder)  # type: ignore[operator]
+    try:
+        seconds = send(port, files)
+        rss = peak_rss_mb(process.pid)
+    finally:
+        process.terminate()
+        process.wait(30)
+    size = sum(p.stat().st_size for p in files) / 1e6
+    return {"per_s": len(files) / seconds, "mb_s": size / seconds, "rss": rss}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--cxr", type=int, default=200)
+    parser.add_argument("--ct", type=int, default=300)
+    parser.add_argument("--huge-mb", type=int, default=1024)
+    parser.add_argument("--work", type=Path, default=OUT / "work")
+    args = parser.parse_args(argv)
+    args.work.mkdir(parents=True, exist_ok=True)
+    sets = {"CXR 2500x2048": cxr_set(args.cxr), "CT 512x512": ct_set(args.ct)}
+    rows = []
+    for label, files in sets.items():
+        dcmtk = measure("dcmtk", files, start_dcmtk, args.work)
+        ours = measure("prelim", files, start_prelim, args.work)
+        rows.append((label, len(files), dcmtk, ours))
+    huge = huge_instance(args.huge_mb)
+    ours_huge = measure("prelim", [huge], start_prelim, args.work)
+    subprocess.run(["rm", "-rf", str(args.work)], check=False)
+
+    lines = [
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
+        f"sender: TCP_NODELAY=1 storescu, one association, max PDU {PDU} both sides",
+        "",
+        "| set | n | DCMTK storescp +B inst/s | MB/s | prelim listen inst/s | MB/s | ratio |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for label, n, dcmtk, ours in rows:
+        lines.append(
+            f"| {label} | {n} | {dcmtk['per_s']:.1f} | {dcmtk['mb_s']:.0f} | "
+            f"{ours['per_s']:.1f} | {ours['mb_s']:.0f} | {ours['per_s'] / dcmtk['per_s']:.2f} |"
+        )
+    lines.append("")
+    lines.append(
+        f"one {huge.stat().st_size / 1e6:.0f} MB instance: prelim listen peak RSS "
+        f"{ours_huge['rss']:.0f} MB, {ours_huge['mb_s']:.0f} MB/s"
+    )
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
