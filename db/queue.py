@@ -21,6 +21,7 @@ from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import (
+    ColumnElement,
     DateTime,
     Integer,
     String,
@@ -292,6 +293,15 @@ def claim(session: Session, actor: Actor, draft_id: int, *, ttl_s: float) -> Out
     return outcome
 
 
+def held_by(actor: Actor, draft_id: int) -> ColumnElement[bool]:
+    """The condition that ``actor`` holds the claim on draft ``draft_id``."""
+    return and_(
+        Draft.id == draft_id,
+        Draft.state == DraftState.CLAIMED,
+        Draft.claimed_by == actor.reviewer_id,
+    )
+
+
 def renew(session: Session, actor: Actor, draft_id: int, *, ttl_s: float) -> bool:
     """Extend our lease on a draft we hold; False when we do not hold it."""
     now = _now()
@@ -299,11 +309,7 @@ def renew(session: Session, actor: Actor, draft_id: int, *, ttl_s: float) -> boo
         session.connection()
         .execute(
             update(Draft)
-            .where(
-                Draft.id == draft_id,
-                Draft.state == DraftState.CLAIMED,
-                Draft.claimed_by == actor.reviewer_id,
-            )
+            .where(held_by(actor, draft_id))
             .values(claim_expires_at=now + timedelta(seconds=ttl_s), updated_at=now)
             .returning(Draft.id)
         )
@@ -319,11 +325,7 @@ def release(session: Session, actor: Actor, draft_id: int) -> Outcome:
         session.connection()
         .execute(
             update(Draft)
-            .where(
-                Draft.id == draft_id,
-                Draft.state == DraftState.CLAIMED,
-                Draft.claimed_by == actor.reviewer_id,
-            )
+            .where(held_by(actor, draft_id))
             .values(
                 state=DraftState.QUEUED,
                 claimed_by=None,

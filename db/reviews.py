@@ -15,7 +15,7 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
 from db.audit import Action, Actor, Outcome, record
-from db.queue import why_refused
+from db.queue import held_by, why_refused
 from db.tables import Draft, DraftState, Review, ReviewOutcome
 
 MAX_TEXT = 20_000  # characters per section; a report is far shorter
@@ -47,11 +47,7 @@ def _held(session: Session, actor: Actor, draft_id: int) -> Draft | None:
     """The draft if we hold its claim, locked for this transaction."""
     return session.scalar(
         select(Draft)
-        .where(
-            Draft.id == draft_id,
-            Draft.state == DraftState.CLAIMED,
-            Draft.claimed_by == actor.reviewer_id,
-        )
+        .where(held_by(actor, draft_id))
         .with_for_update()
     )
 
@@ -68,11 +64,7 @@ def save_edit(
             session.connection()
             .execute(
                 update(Draft)
-                .where(
-                    Draft.id == draft_id,
-                    Draft.state == DraftState.CLAIMED,
-                    Draft.claimed_by == actor.reviewer_id,
-                )
+                .where(held_by(actor, draft_id))
                 .values(
                     edited_findings=_normalise(findings),
                     edited_impression=_normalise(impression),
