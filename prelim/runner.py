@@ -109,6 +109,15 @@ def embedded_stack(settings: Settings, *, review: bool = True) -> Iterator[dict[
         yield info
 
 
+def _has_reviewers(database: Database) -> bool:
+    from sqlalchemy import func, select
+
+    from db.tables import Reviewer
+
+    with database.sessions() as session:
+        return bool(session.scalar(select(func.count()).select_from(Reviewer)))
+
+
 def run_all(settings: Settings) -> int:
     with embedded_stack(settings) as info:
         listener = info["listener"]
@@ -122,6 +131,8 @@ def run_all(settings: Settings) -> int:
             "Ctrl-C stops everything.",
             flush=True,
         )
+        if not _has_reviewers(info["database"]):
+            print("No reviewer accounts yet: add one with `prelim user add NAME`.", flush=True)
         wait_for_signal()
         print("stopping...", flush=True)
     return 0
