@@ -10,7 +10,9 @@ from prelim.config_doc import settings_table
 from prelim.settings import Settings, load_settings
 
 
-def test_precedence_flag_over_env_over_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_precedence_flag_over_env_over_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     toml = tmp_path / "prelim.toml"
     toml.write_text('ae_title = "FROMFILE"\nlistener_port = 2000\nstable_age_s = 3.5\n')
     monkeypatch.setenv("PRELIM_CONFIG", str(toml))
