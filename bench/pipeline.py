@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             while True:
                 with transaction(info["database"].sessions) as session:
                     found = session.scalar(
-                        select(Draft.id).join(Study).where(Study.study_instance_uid == uid)
+                        select(Draft).join(Study).where(Study.study_instance_uid == uid)
                     )
                 if found is not None:
                     break
@@ -78,7 +78,12 @@ def main(argv: list[str] | None = None) -> int:
                     raise SystemExit("no draft within 300 s")
                 time.sleep(0.02)
             latencies.append(time.monotonic() - acked)
-            print(f"study {n + 1}: {latencies[-1]:.2f} s from last ack to draft in queue")
+            engine = found.provenance.get("timings", {})
+            print(
+                f"study {n + 1}: {latencies[-1]:.2f} s from last ack to draft in queue "
+                f"(model: preprocess {engine.get('preprocess_s', 0):.2f} s, "
+                f"generate {engine.get('generate_s', 0):.2f} s)"
+            )
     target = args.stable_age + 2.0
     median = statistics.median(latencies)
     print(f"\nstable_age {args.stable_age:g} s, tiny model, {args.new_tokens} new tokens")

@@ -17,6 +17,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
 from prefect.logging import get_run_logger
+from prefect.runtime import deployment
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from db.engine import transaction
@@ -113,8 +114,14 @@ def draft_report(prepared: PreparedStudy) -> Any:
             sex=_str(prepared.context.get("sex")),
         ),
     )
+    batcher = get_batcher(settings)
+    if deployment.get_id() is None:
+        # In-process run (`prelim run`): this process holds the one model and its batcher
+        # serialises the GPU; a server round trip per study would only add latency.
+        return batcher.draft(request)
+    # A deployment run in its own process: the node's limit keeps one model per GPU.
     with concurrency(gpu_limit_name(), occupy=1):
-        return get_batcher(settings).draft(request)
+        return batcher.draft(request)
 
 
 @pipeline_task("enqueue-draft")
