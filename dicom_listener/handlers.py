@@ -73,9 +73,27 @@ def _remove(path: Path) -> None:
         log.warning("cannot remove temp file %s: %s", path.name, exc.strerror)
 
 
-def handlers_for(receiver: Receiver) -> list[Any]:
+def handle_rejected(event: evt.Event, allowed_titles: list[str]) -> None:
+    """Log who was refused and why, so an operator can fix the PACS or the allowlist."""
+    assoc = event.assoc
+    if getattr(assoc, "prelim_address_refused", False):
+        return  # logged where the address was checked
+    calling = assoc.requestor.ae_title
+    peer = f"{assoc.requestor.address}:{assoc.requestor.port}"
+    if allowed_titles and calling not in allowed_titles:
+        why = "calling AE title not in PRELIM_ALLOWED_AE_TITLES (1, 1, 3)"
+    else:
+        why = (
+            f"more than {assoc.ae.maximum_associations} associations at once, "
+            "PRELIM_MAX_ASSOCIATIONS (2, 3, 2)"
+        )
+    log.warning("association from %s (calling AE %r) rejected: %s", peer, calling, why)
+
+
+def handlers_for(receiver: Receiver, allowed_titles: list[str] | None = None) -> list[Any]:
     return [
         (evt.EVT_C_ECHO, handle_echo),
         (evt.EVT_C_STORE, handle_store, [receiver]),
         (evt.EVT_CONN_CLOSE, handle_closed),
+        (evt.EVT_REJECTED, handle_rejected, [allowed_titles or []]),
     ]

@@ -102,7 +102,7 @@ def start_listener(
     server = ae.make_server(
         (settings.listener_host, settings.listener_port),
         ssl_context=tls_context(settings),
-        evt_handlers=handlers_for(receiver),
+        evt_handlers=handlers_for(receiver, allowed_calling_titles(settings)),
         server_class=ListenerServer,
         incoming=spool.incoming,
         allowed_networks=settings.allowed_networks,

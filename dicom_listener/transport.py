@@ -166,6 +166,7 @@ class ListenerRequestHandler(RequestHandler):
         host = str(self.client_address[0])
         if not self.server.allows(host):
             log.warning("association from %s refused: address not allowed", host)
+            assoc.prelim_address_refused = True
             assoc.acse = _RefusingACSE(assoc)
         return assoc
 

@@ -6,6 +6,7 @@ import datetime as dt
 import gc
 import ipaddress
 import ssl
+import time
 from pathlib import Path
 
 import pytest
@@ -32,11 +33,22 @@ def _rejection(assoc) -> tuple[int, int, int] | None:
     )
 
 
-def test_calling_ae_allowlist(start: StartListener) -> None:
+def _logged(caplog: pytest.LogCaptureFixture, *parts: str, timeout_s: float = 5.0) -> bool:
+    """The server logs right after it sends the rejection: wait for it, briefly."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if any(all(p in r.getMessage() for p in parts) for r in caplog.records):
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_calling_ae_allowlist(start: StartListener, caplog: pytest.LogCaptureFixture) -> None:
     listener = start(allowed_ae_titles=["PACS1"])
     refused = associate(listener.port, [(CT, [EXPLICIT])], ae_title="STRANGER")
     assert refused.is_rejected
     assert _rejection(refused) == (0x01, 0x01, 0x03)  # permanent, service-user, calling AE
+    assert _logged(caplog, "'STRANGER'", "PRELIM_ALLOWED_AE_TITLES")
     allowed = associate(listener.port, [(CT, [EXPLICIT])], ae_title="PACS1")
     assert allowed.is_established
     assert allowed.send_c_store(make_ct_series(1, slices=1, rows=16, columns=16)[0]).Status == 0
@@ -53,12 +65,13 @@ def test_address_allowlist(start: StartListener) -> None:
     assoc.release()
 
 
-def test_association_limit(start: StartListener) -> None:
+def test_association_limit(start: StartListener, caplog: pytest.LogCaptureFixture) -> None:
     listener = start(max_associations=1)
     first = associate(listener.port, [(CT, [EXPLICIT])])
     assert first.is_established
     second = associate(listener.port, [(CT, [EXPLICIT])])
     assert _rejection(second) == (0x02, 0x03, 0x02)  # transient, presentation, local limit
+    assert _logged(caplog, "PRELIM_MAX_ASSOCIATIONS")
     first.release()
 
 
