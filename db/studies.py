@@ -5,16 +5,26 @@ small state machine driven by time: RECEIVING until no instance has arrived for
 the stable age, then READY, then triggered once per ``generation``. A new
 instance re-opens a study in any state (generation + 1), so the pipeline
 supersedes its older draft instead of duplicating it.
+
+The listener indexes each received instance with :func:`insert_instance`, a
+few Core statements on one connection (no ORM unit of work): one UPDATE of the
+study row in the common case, one INSERT of the instance whose unique
+constraint is the duplicate check. Nothing is cached between calls, so a study
+marked READY by the assembly thread (or another process) in between is seen by
+the next UPDATE's WHERE clause and re-opened with a new generation.
 """
 
 from __future__ import annotations
 
 import enum
+import functools
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Connection, bindparam, case, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from db.tables import Instance, Study, StudyState
@@ -76,6 +86,150 @@ def _merge_modalities(current: str, modality: str | None) -> str:
     return "\\".join(sorted(seen))[:64]
 
 
+_studies = Study.__table__
+_instances = Instance.__table__
+_STUDY_RETURNS = (_studies.c.id, _studies.c.study_key, _studies.c.modalities)
+
+
+def _received(*, reopen: bool) -> Any:
+    """UPDATE for one more instance of a study in RECEIVING (or, ``reopen``, past it)."""
+    values: dict[str, Any] = {
+        "instance_count": _studies.c.instance_count + 1,
+        "last_received_at": bindparam("b_now"),
+        "updated_at": bindparam("b_now"),
+        "priority": case(
+            (_studies.c.priority < bindparam("b_priority"), bindparam("b_priority")),
+            else_=_studies.c.priority,
+        ),
+    }
+    state = _studies.c.state == StudyState.RECEIVING
+    if reopen:
+        # Whatever the pipeline was doing, this generation's draft is now stale.
+        values.update(
+            state=StudyState.RECEIVING,
+            state_reason=None,
+            generation=_studies.c.generation + 1,
+            ready_at=None,
+        )
+        state = _studies.c.state != StudyState.RECEIVING
+    return (
+        update(_studies)
+        .where(_studies.c.study_instance_uid == bindparam("b_uid"), state)
+        .values(values)
+        .returning(*_STUDY_RETURNS)
+    )
+
+
+# Built once: SQLAlchemy then reuses their compiled form on every call.
+_ADD_TO_RECEIVING = _received(reopen=False)
+_ADD_AND_REOPEN = _received(reopen=True)
+_SET_MODALITIES = (
+    update(_studies)
+    .where(_studies.c.id == bindparam("b_id"))
+    .values(modalities=bindparam("b_modalities"))
+)
+_DUPLICATE = (
+    select(_instances.c.sha256, _studies.c.study_key)
+    .join(_studies, _studies.c.id == _instances.c.study_id)
+    .where(_instances.c.sop_instance_uid == bindparam("b_uid"))
+)
+
+
+@functools.cache
+def _inserts(dialect: str) -> tuple[Any, Any]:
+    """INSERT ... ON CONFLICT DO NOTHING RETURNING, of a study and of an instance."""
+    module: Any = {"postgresql": postgresql, "sqlite": sqlite}.get(dialect)
+    if module is None:
+        raise NotImplementedError(f"no conflict-ignoring INSERT for {dialect}")
+    study = (
+        module.insert(_studies)
+        .on_conflict_do_nothing(index_elements=["study_instance_uid"])
+        .returning(*_STUDY_RETURNS)
+    )
+    instance = (
+        module.insert(_instances)
+        .on_conflict_do_nothing(index_elements=["sop_instance_uid"])
+        .returning(_instances.c.id)
+    )
+    return study, instance
+
+
+def insert_instance(
+    conn: Connection, study: StudyFields, instance: InstanceFields, now: datetime
+) -> IndexResult:
+    """Index a new instance inside the caller's transaction; the fast path of the listener.
+
+    The study row is created, or counted and (when past RECEIVING) re-opened,
+    first; then the instance row is inserted. A DUPLICATE result means the SOP
+    Instance UID is already indexed and this transaction has already touched
+    the study row: the caller must roll the transaction back. On PostgreSQL the
+    study row stays locked, and the instance's UID reserved, until the commit.
+    """
+    insert_study, insert_instance_row = _inserts(conn.dialect.name)
+    params = {"b_uid": study.study_instance_uid, "b_now": now, "b_priority": study.priority}
+    reopened = False
+    for _attempt in range(3):
+        row = conn.execute(_ADD_TO_RECEIVING, params).first()
+        if row is None:
+            row = conn.execute(_ADD_AND_REOPEN, params).first()
+            reopened = row is not None
+        if row is None:
+            row = conn.execute(
+                insert_study,
+                dict(
+                    study_key=uuid.uuid4().hex,
+                    study_instance_uid=study.study_instance_uid,
+                    accession_number=study.accession_number,
+                    patient_id=study.patient_id,
+                    patient_name=study.patient_name,
+                    patient_birth_date=study.patient_birth_date,
+                    patient_sex=study.patient_sex,
+                    study_date=study.study_date,
+                    study_time=study.study_time,
+                    study_description=study.study_description,
+                    referring_physician=study.referring_physician,
+                    modalities="",
+                    priority=study.priority,
+                    calling_ae_title=study.calling_ae_title,
+                    state=StudyState.RECEIVING,
+                    generation=1,
+                    triggered_generation=0,
+                    instance_count=1,
+                    first_received_at=now,
+                    last_received_at=now,
+                    updated_at=now,
+                ),
+            ).first()
+        if row is not None:
+            break
+        # Another process created the study between our UPDATEs and INSERT: count on it.
+    else:  # pragma: no cover - needs three lost races in a row
+        raise RuntimeError(f"cannot index into study {study.study_instance_uid}")
+    study_id, study_key, modalities = row
+    merged = _merge_modalities(modalities or "", instance.modality)
+    if merged != modalities:
+        conn.execute(_SET_MODALITIES, {"b_id": study_id, "b_modalities": merged})
+    inserted = conn.execute(
+        insert_instance_row,
+        dict(
+            study_id=study_id,
+            sop_instance_uid=instance.sop_instance_uid,
+            sop_class_uid=instance.sop_class_uid,
+            series_instance_uid=instance.series_instance_uid,
+            modality=instance.modality,
+            transfer_syntax_uid=instance.transfer_syntax_uid,
+            path=instance.path,
+            size_bytes=instance.size_bytes,
+            sha256=instance.sha256,
+            received_at=now,
+        ),
+    ).first()
+    if inserted is None:
+        kept_sha256, kept_key = conn.execute(_DUPLICATE, {"b_uid": instance.sop_instance_uid}).one()
+        return IndexResult(Indexed.DUPLICATE, str(kept_key), str(kept_sha256))
+    return IndexResult(Indexed.NEW, str(study_key), instance.sha256, reopened)
+
+
 def index_instance(
     session: Session, study: StudyFields, instance: InstanceFields, now: datetime
 ) -> IndexResult:
@@ -88,64 +242,13 @@ def index_instance(
     if existing is not None:
         key = session.scalar(select(Study.study_key).where(Study.id == existing.study_id))
         return IndexResult(Indexed.DUPLICATE, str(key), existing.sha256)
-    row = session.scalar(
-        select(Study).where(Study.study_instance_uid == study.study_instance_uid).with_for_update()
-    )
-    reopened = False
-    if row is None:
-        row = Study(
-            study_key=uuid.uuid4().hex,
-            study_instance_uid=study.study_instance_uid,
-            accession_number=study.accession_number,
-            patient_id=study.patient_id,
-            patient_name=study.patient_name,
-            patient_birth_date=study.patient_birth_date,
-            patient_sex=study.patient_sex,
-            study_date=study.study_date,
-            study_time=study.study_time,
-            study_description=study.study_description,
-            referring_physician=study.referring_physician,
-            modalities="",
-            priority=study.priority,
-            calling_ae_title=study.calling_ae_title,
-            state=StudyState.RECEIVING,
-            generation=1,
-            triggered_generation=0,
-            instance_count=0,
-            first_received_at=now,
-            last_received_at=now,
-            updated_at=now,
-        )
-        session.add(row)
-    elif row.state != StudyState.RECEIVING:
-        # Whatever the pipeline was doing, this generation's draft is now stale.
-        row.state = StudyState.RECEIVING
-        row.state_reason = None
-        row.generation += 1
-        row.ready_at = None
-        reopened = True
-    row.modalities = _merge_modalities(row.modalities or "", instance.modality)
-    row.priority = max(row.priority, study.priority)
-    row.instance_count += 1
-    row.last_received_at = now
-    row.updated_at = now
-    session.flush()
-    session.add(
-        Instance(
-            study_id=row.id,
-            sop_instance_uid=instance.sop_instance_uid,
-            sop_class_uid=instance.sop_class_uid,
-            series_instance_uid=instance.series_instance_uid,
-            modality=instance.modality,
-            transfer_syntax_uid=instance.transfer_syntax_uid,
-            path=instance.path,
-            size_bytes=instance.size_bytes,
-            sha256=instance.sha256,
-            received_at=now,
-        )
-    )
-    session.flush()
-    return IndexResult(Indexed.NEW, row.study_key, instance.sha256, reopened)
+    savepoint = session.begin_nested()
+    result = insert_instance(session.connection(), study, instance, now)
+    if result.outcome is Indexed.DUPLICATE:  # indexed by another process meanwhile
+        savepoint.rollback()
+    else:
+        savepoint.commit()
+    return result
 
 
 def mark_stable_ready(session: Session, received_before: datetime, now: datetime) -> list[str]:

@@ -1,11 +1,11 @@
 """Turn a received temp file into a durable, indexed instance, and say which status.
 
 Order, so that 0x0000 always means "on disk and indexed": check free space,
-parse and check the header, then in one transaction look for a duplicate,
-fsync and rename the file into the spool, fsync its folder, index it and
-commit. A failed commit removes the file again: nothing unacknowledged stays
-indexed or spooled (a crash between rename and commit leaves a complete file
-that start-up recovery indexes).
+parse and check the header, then in one transaction index it (the instance
+row's unique key doubles as the duplicate check), fsync and rename the file
+into the spool, fsync its folder, and commit. A failed commit removes the file
+again: nothing unacknowledged stays indexed or spooled (a crash between rename
+and commit leaves a complete file that start-up recovery indexes).
 
 Duplicates: the same SOP Instance UID received again is stored once. When its
 bytes are identical the copy is dropped. When they differ (a re-send in another
@@ -27,8 +27,7 @@ from pathlib import Path
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from db.engine import transaction
-from db.studies import Indexed, InstanceFields, find_instance, index_instance
+from db.studies import Indexed, InstanceFields, insert_instance
 from dicom_listener import statuses
 from dicom_listener.header import InstanceRejected, read_header, request_priority
 from dicom_listener.spool import Spool
@@ -95,18 +94,20 @@ class Receiver:
         )
         committed = False
         with lock:
-            # One transaction: look for a duplicate, make the file durable, index
-            # it. The commit comes last, so an index row never outlives its file,
-            # and a failed commit removes the file it would have pointed to.
+            # One transaction: index it (the instance row's unique key is the
+            # duplicate check), make the file durable, commit. The commit comes
+            # last, so an index row never outlives its file, and a failed commit
+            # removes the file it would have pointed to. Core statements on a
+            # bare connection: the ORM's unit of work cost more than the SQL.
             try:
-                with transaction(self.database.sessions) as session:
-                    existing = find_instance(session, uid)
-                    if existing is not None:
-                        self._log_duplicate(uid, existing.sha256, sha256)
+                with self.database.engine.connect() as conn, conn.begin() as txn:
+                    result = insert_instance(conn, study, fields, datetime.now(UTC))
+                    if result.outcome is Indexed.DUPLICATE:
+                        txn.rollback()  # undo the study row's count: nothing changes
+                        self._log_duplicate(uid, result.sha256, sha256)
                         return statuses.SUCCESS
                     self.spool.commit(temp, relative)
                     committed = True
-                    result = index_instance(session, study, fields, datetime.now(UTC))
             except OSError as exc:
                 log.error("instance %s refused: cannot write the spool (%s)", uid, exc.strerror)
                 return statuses.OUT_OF_RESOURCES
@@ -115,9 +116,7 @@ class Receiver:
                     self.spool.discard(relative)
                 log.error("instance %s refused: database unavailable (%s)", uid, type(exc).__name__)
                 return statuses.OUT_OF_RESOURCES
-        if result.outcome is Indexed.DUPLICATE:  # indexed by another process meanwhile
-            self._log_duplicate(uid, result.sha256, sha256)
-        elif result.reopened:
+        if result.reopened:
             log.info("study %s re-opened by instance %s", result.study_key, uid)
         return statuses.SUCCESS
 

@@ -13,7 +13,8 @@ pynetdicom's acceptor is kept; a few of its seams are used:
   in large pieces instead of 4 KB ``recv`` calls.
 - the association's DUL and DIMSE providers: event-driven (``reactor.py``).
 - the chunked-receive temp file: created in the spool's ``.incoming`` folder
-  (same file system, so storing is a rename) and hashed while it is written.
+  (same file system, so storing is a rename) and hashed while it is written
+  (a large one on a helper thread).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import ctypes
 import hashlib
 import ipaddress
 import logging
+import queue
 import socket
 import ssl
 import threading
@@ -57,6 +59,54 @@ _sync_file_range = _load_sync_file_range()
 _SYNC_FILE_RANGE_WRITE = 2
 # Start writing to disk every this many bytes while the dataset still arrives.
 _WRITEBACK_STEP = 2 << 20
+# Hash this much on the DUL thread before handing the rest to a helper thread.
+_HASH_INLINE = 1 << 20
+
+
+class _Hasher:
+    """SHA-256 of a stream of buffers, on a helper thread once the stream is large.
+
+    The first ``_HASH_INLINE`` bytes are hashed on the caller's thread (a CT
+    slice never pays for a thread); after that each buffer is queued, in
+    order, to a helper thread, and hashlib releases the GIL on large buffers,
+    so the hashing overlaps the DUL thread's next reads and writes. Buffers
+    are kept as they are, not copied: the caller must not change them later
+    (each received PDU is a fresh buffer).
+    """
+
+    def __init__(self) -> None:
+        self._digest = hashlib.sha256()
+        self._inline = 0
+        self._queue: queue.SimpleQueue[bytes | memoryview | None] | None = None
+        self._thread: threading.Thread | None = None
+
+    def update(self, data: bytes | memoryview) -> None:
+        if self._queue is not None:
+            self._queue.put(data)
+            return
+        self._digest.update(data)
+        self._inline += len(data)
+        if self._inline >= _HASH_INLINE:
+            self._queue = queue.SimpleQueue()
+            self._thread = threading.Thread(target=self._run, name="prelim-sha256", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        assert self._queue is not None
+        while (data := self._queue.get()) is not None:
+            self._digest.update(data)
+
+    def finish(self) -> None:
+        """Wait for the queued buffers (idempotent); no update may follow."""
+        if self._thread is not None:
+            assert self._queue is not None
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+
+    def hexdigest(self) -> str:
+        self.finish()
+        return self._digest.hexdigest()
 
 
 class HashingFile:
@@ -65,21 +115,23 @@ class HashingFile:
     It also asks the kernel to start writing each 2 MB to disk as soon as it is
     written (sync_file_range, asynchronous), so the disk works while the rest of
     the dataset arrives and the fsync before the answer only waits for the tail.
+    The hash of a large dataset runs on a helper thread (``_Hasher``).
     """
 
     def __init__(self, folder: Path) -> None:
         self.name = str(folder / f"rx-{uuid.uuid4().hex}.part")
         self.file: BinaryIO = open(self.name, "xb", buffering=0)  # noqa: SIM115
-        self._digest = hashlib.sha256()
+        self._digest = _Hasher()
         self._written = 0
         self._flushed = 0
 
     def write(self, data: bytes | memoryview) -> int:
-        self._digest.update(data)
         view = memoryview(data)
         count = 0
-        while count < len(view):  # a short write must not drop bytes already hashed
+        while count < len(view):
             count += self.file.write(view[count:]) or 0
+        # Hashed after the write: what is hashed is exactly what the file got.
+        self._digest.update(view)
         self._written += count
         if _sync_file_range is not None and self._written - self._flushed >= _WRITEBACK_STEP:
             # A hint only: an error here shows again, and counts, at the fsync.
@@ -96,7 +148,10 @@ class HashingFile:
         return self._digest.hexdigest()
 
     def close(self) -> None:
-        self.file.close()
+        try:
+            self.file.close()
+        finally:
+            self._digest.finish()
 
 
 def _incoming_temp_file(*args: Any, **kwargs: Any) -> Any:
