@@ -33,7 +33,7 @@ test: $(STAMP) system-deps
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/mypy prelim db dicom_listener flows models review
+	$(BIN)/mypy prelim db dicom_listener flows models review bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache test-artifacts

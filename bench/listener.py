@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from pydicom.uid import CTImageStorage
+from pydicom.uid import UID, CTImageStorage
 
 from prelim.synthetic import make_ct_series, make_cxr_study, make_uid, write_study
 
@@ -54,7 +54,7 @@ def huge_instance(megabytes: int = 1024) -> Path:
     frames = megabytes * 1_048_576 // (512 * 512 * 2)
     ds.NumberOfFrames = frames
     ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = make_uid("huge", megabytes)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = UID(make_uid("huge", megabytes))
     ds.PixelData = np.tile(np.frombuffer(ds.PixelData, dtype=np.uint8), frames).tobytes()
     OUT.mkdir(exist_ok=True)
     ds.save_as(path, enforce_file_format=True)

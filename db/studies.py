@@ -21,9 +21,9 @@ import functools
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Connection, bindparam, case, func, select, update
+from sqlalchemy import Connection, Table, bindparam, case, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -86,7 +86,7 @@ def _merge_modalities(current: str, modality: str | None) -> str:
     return "\\".join(sorted(seen))[:64]
 
 
-_studies = Study.__table__
+_studies = cast(Table, Study.__table__)
 _instances = Instance.__table__
 _STUDY_RETURNS = (_studies.c.id, _studies.c.study_key, _studies.c.modalities)
 

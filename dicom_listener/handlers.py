@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from pynetdicom import evt
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 
 from dicom_listener import statuses
@@ -22,7 +23,7 @@ def handle_echo(event: Event) -> int:
 
 def handle_store(event: Event, receiver: Receiver) -> int:
     """Store the instance; any failure, a bug included, answers a failure status."""
-    request = event.request
+    request = cast(C_STORE, event.request)
     temp: Path | None = None
     try:
         temp = Path(event.dataset_path)

@@ -14,6 +14,7 @@ from typing import Any
 from pydicom import dcmread
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.tag import Tag
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
 from db.studies import StudyFields
@@ -76,7 +77,7 @@ def _expected_pixel_bytes(ds: Dataset) -> int:
 
 
 def _check_pixels(ds: Dataset, size: int) -> None:
-    raw = ds._dict.get(_PIXEL_DATA)  # type: ignore[attr-defined]
+    raw = ds._dict.get(Tag(_PIXEL_DATA))
     if raw is None:
         return
     if isinstance(raw, RawDataElement):

@@ -6,6 +6,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 from pydicom.uid import (
     AllTransferSyntaxes,
@@ -83,6 +84,7 @@ def build_ae(settings: Settings) -> AE:
     ae.add_supported_context(Verification)
     syntaxes = accepted_transfer_syntaxes()
     for context in AllStoragePresentationContexts:
+        assert context.abstract_syntax is not None
         ae.add_supported_context(context.abstract_syntax, syntaxes)
     return ae
 
@@ -117,7 +119,7 @@ def start_listener(
     assembler.start()
     port = int(server.server_address[1])
     log.info("listening as AE %s on %s:%d", settings.ae_title, settings.listener_host, port)
-    return ListenerHandle(port, ae, server, assembler, thread)
+    return ListenerHandle(port, ae, cast(ListenerServer, server), assembler, thread)
 
 
 def serve(settings: Settings, trigger: Callable[[str], None] | None = None) -> int:

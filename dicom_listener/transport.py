@@ -217,11 +217,12 @@ class ListenerRequestHandler(RequestHandler):
         assoc.dul.socket.__class__ = FastSocket
         # Blocking waits instead of pynetdicom's 1 ms polling loops (reactor.py).
         make_event_driven(assoc)
-        assoc.prelim_incoming = self.server.incoming
+        # Our attributes on pynetdicom's object, read by our handlers.
+        assoc.prelim_incoming = self.server.incoming  # type: ignore[attr-defined]
         host = str(self.client_address[0])
         if not self.server.allows(host):
             log.warning("association from %s refused: address not allowed", host)
-            assoc.prelim_address_refused = True
+            assoc.prelim_address_refused = True  # type: ignore[attr-defined]
             assoc.acse = _RefusingACSE(assoc)
         return assoc
 
