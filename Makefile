@@ -8,12 +8,14 @@ STAMP  := $(VENV)/.installed
 .PHONY: run demo test setup system-deps lint bench clean
 
 $(STAMP): pyproject.toml constraints.txt
+	@echo "Setting up $(VENV): PyTorch (CPU) and about 150 packages, a few minutes the first time."
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# torch first and pinned: the CPU wheel, not the registry's newest CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev]' --config-settings editable_mode=compat
 	touch $(STAMP)
+	@echo "$(VENV) is ready."
 
 setup: $(STAMP)
 
