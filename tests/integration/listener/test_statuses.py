@@ -197,3 +197,23 @@ def wait_until(condition, timeout_s: float = 10.0) -> None:
         if condition():
             return
         done.wait(0.05)
+
+
+def test_handler_bug_is_a_failure_never_success(
+    start: StartListener, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fault injected into the store step (a bug) answers 0xC211 and leaves no temp file."""
+    from dicom_listener.receiver import Receiver
+
+    def broken(self: Receiver, *args: object, **kwargs: object) -> int:
+        raise RuntimeError("injected fault")
+
+    listener = start()
+    monkeypatch.setattr(Receiver, "store", broken)
+    assoc = _open(listener)
+    assert assoc.send_c_store(_ct(seed=7)).Status == statuses.HANDLER_FAILED == 0xC211
+    monkeypatch.undo()
+    # The association and the listener survive the bug: the next instance is stored.
+    assert assoc.send_c_store(_ct(seed=8)).Status == statuses.SUCCESS
+    assoc.release()
+    assert not any(listener.incoming.iterdir())
