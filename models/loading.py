@@ -9,10 +9,13 @@ to another model.
 from __future__ import annotations
 
 import hashlib
+import os
+import socket
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import torch
 import transformers
@@ -124,15 +127,51 @@ def weights_sha256(folder: Path) -> str:
     return digest.hexdigest()
 
 
+def _hub_snapshot(model: str, revision: str | None) -> Path | None:
+    """The cached snapshot folder of a hub model, found without touching the network."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(model, revision=revision, local_files_only=True))
+    except Exception:  # not cached (or not a hub id): the caller decides
+        return None
+
+
+def _check_hub_reachable(model: str) -> None:
+    """Fail in seconds, not after the hub client's minutes of retries, when offline."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return  # transformers then raises its own offline error, which becomes ours
+    from huggingface_hub import constants
+
+    endpoint = urlparse(constants.ENDPOINT)
+    host = endpoint.hostname or "huggingface.co"
+    port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=5).close()
+    except OSError as exc:
+        raise unavailable_error(model, f"cannot reach {constants.ENDPOINT}: {exc}") from exc
+
+
 def _load(
     model: str, revision: str | None, device: torch.device, dtype: torch.dtype
 ) -> LoadedModel:
     local = Path(model).expanduser()
     if local.exists() and not (local / "config.json").is_file():
         raise unavailable_error(model, f"the folder {local} has no config.json")
+    source, snapshot_commit = model, None
+    if not local.exists():
+        snapshot = _hub_snapshot(model, revision)
+        if snapshot is not None:
+            # Load the cached files directly: no request to the hub at all.
+            source, snapshot_commit = str(snapshot), snapshot.name
+        else:
+            _check_hub_reachable(model)
+    source_revision = revision if source == model else None
     try:
-        processor = AutoProcessor.from_pretrained(model, revision=revision)
-        loaded = AutoModelForImageTextToText.from_pretrained(model, revision=revision, dtype=dtype)
+        processor = AutoProcessor.from_pretrained(source, revision=source_revision)
+        loaded = AutoModelForImageTextToText.from_pretrained(
+            source, revision=source_revision, dtype=dtype
+        )
     except Exception as exc:
         if _is_unavailable(exc):
             raise unavailable_error(model, f"{type(exc).__name__}: {exc}".splitlines()[0]) from exc
@@ -145,7 +184,7 @@ def _load(
             f"model's mm_tokens_per_image {tokens_per_image}"
         )
     processor.tokenizer.padding_side = "left"  # decoder-only batching pads on the left
-    commit = getattr(loaded.config, "_commit_hash", None)
+    commit = snapshot_commit or getattr(loaded.config, "_commit_hash", None)
     sha = weights_sha256(local) if local.is_dir() else None
     return LoadedModel(loaded, processor, model, commit or revision, sha, device, dtype)
 

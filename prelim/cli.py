@@ -60,11 +60,18 @@ def _common_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _run(settings: Settings, args: argparse.Namespace) -> int | None:
+    from flows.drafting import ModelNotAvailable
     from prelim.model_choice import choose_model
     from prelim.runner import run_all
 
     settings, _ = choose_model(settings, allow_stand_in=args.stand_in_if_missing)
-    return run_all(settings)
+    try:
+        return run_all(settings)
+    except ModelNotAvailable as exc:
+        raise ModelNotAvailable(
+            f"{exc}\nTo try prelim without it: `prelim run --stand-in-if-missing` (or `make run`) "
+            "uses a tiny stand-in model whose drafts are meaningless."
+        ) from exc
 
 
 def _listen(settings: Settings, args: argparse.Namespace) -> int | None:

@@ -42,13 +42,10 @@ def drain_prefect_clients(timeout_s: float = 10.0) -> None:
 
 
 @contextmanager
-def review_server(settings: Settings, database: Database) -> Iterator[Any]:
+def review_server(settings: Settings, app: Any) -> Iterator[Any]:
     """The review app served by uvicorn in a thread."""
     import uvicorn
 
-    from review.app import create_app
-
-    app = create_app(settings, database)
     config = uvicorn.Config(
         app,
         host=settings.review_host,
@@ -76,6 +73,16 @@ def embedded_stack(settings: Settings, *, review: bool = True) -> Iterator[dict[
         use_settings(settings)
         database = open_database(settings)
         stack.callback(database.dispose)
+        # What a user can get wrong fails first, before anything slow starts.
+        app = None
+        if review:
+            from review.app import create_app
+
+            app = create_app(settings, database)
+        from flows.drafting import get_batcher
+
+        log.info("loading the model %s", settings.model)
+        get_batcher(settings)
         if not os.environ.get("PREFECT_API_URL"):
             from prelim.prefect_server import EmbeddedPrefectServer, activate
 
@@ -90,12 +97,9 @@ def embedded_stack(settings: Settings, *, review: bool = True) -> Iterator[dict[
             info["dashboard"] = os.environ["PREFECT_API_URL"].removesuffix("/api")
 
         from dicom_listener.service import start_listener
-        from flows.drafting import get_batcher
         from flows.local import LocalPipeline
         from flows.worker import ensure_gpu_limit
 
-        log.info("loading the model %s", settings.model)
-        get_batcher(settings)
         ensure_gpu_limit(settings)
         pipeline = LocalPipeline(database, threads=settings.gpu_concurrency)
         pipeline.start()
@@ -103,8 +107,8 @@ def embedded_stack(settings: Settings, *, review: bool = True) -> Iterator[dict[
         listener = start_listener(settings, database, trigger=pipeline.submit)
         stack.callback(listener.stop)
         info.update(listener=listener, pipeline=pipeline, database=database)
-        if review:
-            stack.enter_context(review_server(settings, database))
+        if app is not None:
+            stack.enter_context(review_server(settings, app))
             info["review"] = f"http://{settings.review_host}:{settings.review_port}/"
         yield info
 

@@ -11,13 +11,18 @@ import pytest
 
 
 def prelim(
-    *args: str, tmp_path: Path, db_url: str | None = None, stdin: str | None = None
+    *args: str,
+    tmp_path: Path,
+    db_url: str | None = None,
+    stdin: str | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PRELIM_", "PREFECT_"))}
     env["PRELIM_CONFIG"] = str(tmp_path / "absent.toml")
     env["PRELIM_DATA_DIR"] = str(tmp_path / "var")
     if db_url:
         env["PRELIM_DATABASE_URL"] = db_url
+    env.update(extra_env or {})
     return subprocess.run(
         [sys.executable, "-m", "prelim.cli", *args],
         env=env,
@@ -98,3 +103,24 @@ def test_worker_without_prefect_server_says_what_to_do(tmp_path: Path) -> None:
     env_out = prelim("worker", tmp_path=tmp_path)
     assert env_out.returncode == 1
     assert "PREFECT_API_URL" in env_out.stderr
+
+
+def test_run_without_weights_stops_at_once_with_the_fix(tmp_path: Path) -> None:
+    """No hub and no local weights: stop before starting anything, and say what to do."""
+    import time
+
+    env_model = str(tmp_path / "no-such-model")
+    started = time.monotonic()
+    out = prelim(
+        "run",
+        "--model",
+        "google/medgemma-4b-it",
+        tmp_path=tmp_path,
+        extra_env={"HF_ENDPOINT": "https://hub.invalid", "HF_HOME": env_model},
+    )
+    assert out.returncode == 1, out.stderr[-2000:]
+    assert "hf auth login" in out.stderr and "PRELIM_MODEL" in out.stderr
+    assert "--stand-in-if-missing" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "var" / "prefect").exists(), "nothing slow was started first"
+    assert time.monotonic() - started < 90

@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -40,9 +41,9 @@ sys.exit(0)
 """
 
 
-def _probe(model: str) -> subprocess.CompletedProcess[str]:
+def _probe(model: str, **extra_env: str) -> subprocess.CompletedProcess[str]:
     # A fresh interpreter: the hub client reads HF_HUB_OFFLINE when it is imported.
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), **extra_env}
     return subprocess.run(
         [sys.executable, "-c", _PROBE, model],
         capture_output=True,
@@ -65,3 +66,19 @@ def test_missing_weights_fail_at_once_with_the_fix(tmp_path: Path) -> None:
         assert "hf auth login" in message and "HF_TOKEN" in message
         assert "PRELIM_MODEL" in message
         assert "No other model is used" in message
+
+
+def test_unreachable_hub_fails_in_seconds_not_after_retries(tmp_path: Path) -> None:
+    """Not offline-flagged, but no route to the hub: no minutes of download retries."""
+    started = time.monotonic()
+    result = _probe(
+        "google/medgemma-4b-it",
+        HF_HUB_OFFLINE="0",
+        HF_ENDPOINT="https://hub.invalid",
+        HF_HOME=str(tmp_path / "hf"),
+    )
+    elapsed = time.monotonic() - started
+    assert result.returncode == 3, result.stderr[-2000:]
+    assert "cannot reach https://hub.invalid" in result.stdout
+    assert "PRELIM_MODEL" in result.stdout
+    assert elapsed < 60  # the hub client alone retries for minutes
