@@ -7,9 +7,9 @@ Results are not persisted: what matters lands in the queue database.
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from collections.abc import Callable
-from functools import lru_cache
 from typing import Any, ParamSpec, TypeVar
 
 from prefect import Task, flow, task
@@ -45,14 +45,17 @@ def gpu_limit_name() -> str:
     return f"prelim-gpu-{socket.gethostname().lower()}"
 
 
-@lru_cache(maxsize=4)
-def _database(url: str) -> Database:
-    settings = get_settings()
-    return open_database(settings.model_copy(update={"database_url": url}), migrate=False)
+_databases: dict[str, Database] = {}
+_databases_lock = threading.Lock()
 
 
 def database(settings: Settings) -> Database:
-    return _database(settings.resolved_database_url)
+    """This process's connection pool for the settings' database, opened on first use."""
+    url = settings.resolved_database_url
+    with _databases_lock:
+        if url not in _databases:
+            _databases[url] = open_database(settings, migrate=False)
+        return _databases[url]
 
 
 def retry_transient(task: Any, task_run: Any, state: Any) -> bool:

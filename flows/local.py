@@ -32,8 +32,6 @@ class LocalPipeline:
             threading.Thread(target=self._work, name=f"prelim-pipeline-{n}", daemon=True)
             for n in range(threads)
         ]
-        self.completed = 0
-        self.failed = 0
 
     def start(self) -> None:
         for thread in self._threads:
@@ -78,7 +76,5 @@ class LocalPipeline:
                 self._pending.discard(key)
             try:
                 ingest_study(key)
-                self.completed += 1
             except Exception as exc:  # recorded in the queue and in Prefect by the flow
-                self.failed += 1
                 log.warning("study %s: run failed (%s)", key, type(exc).__name__)

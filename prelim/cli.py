@@ -249,25 +249,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_NOT_SETTINGS = {
-    "command",
-    "handler",
-    "db_command",
-    "user_command",
-    "name",
-    "display_name",
-    "password_stdin",
-    "dir",
-    "timeout",
-    "current",
-    "stand_in_if_missing",
-    "exit",
-}
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    overrides = {k: v for k, v in vars(args).items() if k not in _NOT_SETTINGS}
+    # Flags named like a setting override it; the rest belong to the command.
+    overrides = {k: v for k, v in vars(args).items() if k in Settings.model_fields}
     try:
         settings = load_settings(**overrides)
     except ValidationError as exc:

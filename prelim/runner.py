@@ -6,6 +6,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
@@ -57,7 +58,7 @@ def review_server(settings: Settings, app: Any) -> Iterator[Any]:
     thread = threading.Thread(target=server.run, name="prelim-review", daemon=True)
     thread.start()
     while not server.started and thread.is_alive():
-        threading.Event().wait(0.05)
+        time.sleep(0.05)
     try:
         yield server
     finally:
