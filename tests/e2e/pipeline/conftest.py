@@ -19,6 +19,22 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def flow_runs(names: list[str]) -> list[Any]:
+    """The Prefect flow runs with these names, from the server's API."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    with get_client(sync_client=True) as client:
+        return list(
+            client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=names)),
+                sort=FlowRunSort.NAME_ASC,
+                limit=len(names) + 10,
+            )
+        )
+
+
 @pytest.fixture(scope="session")
 def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPrefectServer]:
     """A real Prefect server (SQLite) that this test process's flows report to."""

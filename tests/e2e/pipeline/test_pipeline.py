@@ -14,6 +14,7 @@ from sqlalchemy import select
 from db.engine import transaction
 from db.tables import Draft, Study, StudyState
 from prelim.synthetic import make_cxr_study, write_study
+from tests.e2e.pipeline.conftest import flow_runs
 
 DONE = {StudyState.DRAFTED, StudyState.SKIPPED, StudyState.FAILED}
 
@@ -83,17 +84,8 @@ def test_studies_sent_with_storescu_become_drafts(stack: dict[str, Any], tmp_pat
         assert draft.images and draft.model_id
         assert draft.provenance.get("prompt_version")
 
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
-    from prefect.client.schemas.sorting import FlowRunSort
-
     names = [f"study-{r.study_key}" for r in rows.values()]
-    with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=names)),
-            sort=FlowRunSort.NAME_ASC,
-            limit=50,
-        )
+    runs = flow_runs(names)
     assert sorted(r.name for r in runs) == sorted(names)
     assert all(r.state is not None and r.state.is_completed() for r in runs)
     # Parameters carry the opaque key only.
@@ -142,9 +134,6 @@ def _spooled_study(info: dict[str, Any], settings: Any, body: bytes) -> str:
 def test_failed_study_shows_its_reason_in_queue_and_prefect(
     stack: dict[str, Any], stack_settings: Any
 ) -> None:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
-    from prefect.client.schemas.sorting import FlowRunSort
 
     from flows.ingest import StudyFailed, ingest_study
 
@@ -157,12 +146,7 @@ def test_failed_study_shows_its_reason_in_queue_and_prefect(
         draft = session.scalar(select(Draft).where(Draft.study_id == study.id))
     assert draft is not None and draft.state.value == "failed"
     assert "could be read from the spool" in (draft.state_reason or "")
-    with get_client(sync_client=True) as client:
-        (run,) = client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[f"study-{key}"])),
-            sort=FlowRunSort.NAME_ASC,
-            limit=5,
-        )
+    (run,) = flow_runs([f"study-{key}"])
     assert run.state is not None and run.state.is_failed()
     assert "could be read from the spool" in (run.state.message or "")
 

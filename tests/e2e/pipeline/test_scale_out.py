@@ -21,6 +21,7 @@ from db.tables import Draft, Study, StudyState
 from prelim.database import open_database
 from prelim.settings import Settings, settings_env
 from prelim.synthetic import make_cxr_study
+from tests.e2e.pipeline.conftest import flow_runs
 
 
 def _wait_for_deployment(name: str, worker: subprocess.Popen[bytes], timeout_s: float) -> None:
@@ -55,8 +56,11 @@ def test_listener_triggers_deployment_served_by_worker(
     env = {**os.environ, **prefect_server.env, **settings_env(settings)}
     log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115 - closed below
     worker = subprocess.Popen(
-        [sys.executable, "-m", "prelim.cli", "worker"], env=env, stdout=log,
-        stderr=subprocess.STDOUT, start_new_session=True,
+        [sys.executable, "-m", "prelim.cli", "worker"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     listener = None
     try:
@@ -76,9 +80,11 @@ def test_listener_triggers_deployment_served_by_worker(
                 study = session.scalar(
                     select(Study).where(Study.study_instance_uid == str(ds.StudyInstanceUID))
                 )
-                drafts = [] if study is None else session.scalars(
-                    select(Draft).where(Draft.study_id == study.id)
-                ).all()
+                drafts = (
+                    []
+                    if study is None
+                    else session.scalars(select(Draft).where(Draft.study_id == study.id)).all()
+                )
             if study is not None and study.state == StudyState.DRAFTED:
                 break
             assert worker.poll() is None, (tmp_path / "worker.log").read_text()[-3000:]
@@ -86,18 +92,7 @@ def test_listener_triggers_deployment_served_by_worker(
             time.sleep(0.5)
         assert [d.state.value for d in drafts] == ["queued"]
 
-        from prefect.client.orchestration import get_client
-        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
-        from prefect.client.schemas.sorting import FlowRunSort
-
-        with get_client(sync_client=True) as client:
-            (run,) = client.read_flow_runs(
-                flow_run_filter=FlowRunFilter(
-                    name=FlowRunFilterName(any_=[f"study-{study.study_key}"])
-                ),
-                sort=FlowRunSort.NAME_ASC,
-                limit=5,
-            )
+        (run,) = flow_runs([f"study-{study.study_key}"])
         assert run.deployment_id is not None
         assert run.state is not None and run.state.is_completed()
     finally:
