@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,20 +20,31 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def flow_runs(names: list[str]) -> list[Any]:
-    """The Prefect flow runs with these names, from the server's API."""
+def flow_runs(names: list[str], timeout_s: float = 60.0) -> list[Any]:
+    """The Prefect flow runs with these names, once each has reached a final state.
+
+    A run's draft is committed inside the run, so its final state reaches the
+    server a moment after the draft is visible in the queue.
+    """
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
     from prefect.client.schemas.sorting import FlowRunSort
 
+    deadline = time.monotonic() + timeout_s
     with get_client(sync_client=True) as client:
-        return list(
-            client.read_flow_runs(
-                flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=names)),
-                sort=FlowRunSort.NAME_ASC,
-                limit=len(names) + 10,
+        while True:
+            runs = list(
+                client.read_flow_runs(
+                    flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=names)),
+                    sort=FlowRunSort.NAME_ASC,
+                    limit=len(names) + 10,
+                )
             )
-        )
+            if len(runs) >= len(names) and all(r.state and r.state.is_final() for r in runs):
+                return runs
+            if time.monotonic() > deadline:
+                return runs  # the caller's assertions say what is missing
+            time.sleep(0.2)
 
 
 @pytest.fixture(scope="session")
