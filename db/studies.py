@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, bindparam, case, func, select, update
+from sqlalchemy import Connection, Table, bindparam, case, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -87,7 +87,7 @@ def _merge_modalities(current: str, modality: str | None) -> str:
 
 
 _studies = cast(Table, Study.__table__)
-_instances = Instance.__table__
+_instances = cast(Table, Instance.__table__)
 _STUDY_RETURNS = (_studies.c.id, _studies.c.study_key, _studies.c.modalities)
 
 
@@ -146,11 +146,18 @@ def _inserts(dialect: str) -> tuple[Any, Any]:
         .on_conflict_do_nothing(index_elements=["study_instance_uid"])
         .returning(*_STUDY_RETURNS)
     )
-    instance = (
-        module.insert(_instances)
-        .on_conflict_do_nothing(index_elements=["sop_instance_uid"])
-        .returning(_instances.c.id)
-    )
+    if dialect == "sqlite":
+        # The dialect's INSERT ... ON CONFLICT has no cache key, so SQLAlchemy
+        # would compile it again for every instance; INSERT OR IGNORE is the
+        # same statement here (the only constraint it can hit is the UID's)
+        # and is compiled once.
+        instance = insert(_instances).prefix_with("OR IGNORE").returning(_instances.c.id)
+    else:
+        instance = (
+            module.insert(_instances)
+            .on_conflict_do_nothing(index_elements=["sop_instance_uid"])
+            .returning(_instances.c.id)
+        )
     return study, instance
 
 

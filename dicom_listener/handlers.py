@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any, cast
 
+from pydicom.dataset import Dataset
 from pynetdicom import evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
@@ -21,8 +22,13 @@ def handle_echo(event: Event) -> int:
     return statuses.SUCCESS
 
 
-def handle_store(event: Event, receiver: Receiver) -> int:
-    """Store the instance; any failure, a bug included, answers a failure status."""
+def handle_store(event: Event, receiver: Receiver) -> int | Dataset:
+    """Store the instance; any failure, a bug included, answers a failure status.
+
+    C-STORE requests are served by ``dimse.DataPath`` on the DUL thread; this
+    handler serves those pynetdicom dispatches itself (an association whose
+    raw PDUs are watched by an event handler).
+    """
     request = cast(C_STORE, event.request)
     temp: Path | None = None
     try:
@@ -39,7 +45,13 @@ def handle_store(event: Event, receiver: Receiver) -> int:
         writer = getattr(request, "_dataset_file", None)
         if writer is not None:
             writer.close()
-        return receiver.store(temp, store_request, digest() if digest else None)
+        outcome = receiver.store(temp, store_request, digest() if digest else None)
+        if outcome.comment is None:
+            return outcome.status
+        answer = Dataset()
+        answer.Status = outcome.status
+        answer.ErrorComment = outcome.comment[:64].replace("\\", "/")
+        return answer
     except Exception:
         log.exception(
             "C-STORE handler failed for instance %s",

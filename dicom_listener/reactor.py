@@ -19,10 +19,13 @@ primitive (release, abort) for the association thread. Both waits are bounded
 (``_POLL_S``) so the ARTIM, idle and kill checks still run. Everything else
 (the state machine, ACSE, timers, events) is pynetdicom's own.
 
-P-DATA-TF PDUs are also decoded without copying: each PDV's data is a
-memoryview into the received PDU, written as it is to the temp file (stock
-pynetdicom copies each 128 KB PDU four times). Only when no one listens to the
-raw-PDU events (EVT_DATA_RECV, EVT_PDU_RECV), which need the stock objects.
+Once the association is established (Sta6), a P-DATA-TF PDU is read into one
+buffer and given to the association's ``DataPath`` (``dimse.py``), which
+serves C-STORE and C-ECHO on this thread and hands anything else to
+pynetdicom. In the other states, P-DATA-TF PDUs are decoded without copying
+(each PDV's data a memoryview into the received PDU; stock pynetdicom copies
+each 128 KB PDU four times). Both only when no one listens to the raw-PDU
+events (EVT_DATA_RECV, EVT_PDU_RECV), which need the stock objects.
 """
 
 from __future__ import annotations
@@ -42,12 +45,18 @@ from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import P_DATA
 
+from dicom_listener.dimse import DataPath, ProtocolError
+
 log = logging.getLogger(__name__)
 
 # Upper bound of one wait: how late an expired ARTIM or idle timer is noticed.
 _POLL_S = 0.05
 _P_DATA_TF = 0x04
 _PDV_HEADER = struct.Struct(">LB")
+_PDU_HEADER = struct.Struct(">BBL")
+_PDU_TYPES = frozenset(range(0x01, 0x08))
+# The largest PDU accepted when the listener's maximum PDU is 0 ("unlimited").
+_UNLIMITED_PDU = 256 << 20
 
 
 class _WakingQueue(queue.Queue):  # type: ignore[type-arg]
@@ -98,6 +107,7 @@ class FastDUL(DULServiceProvider):
         self._wake_r = self._wake_w = -1
         self._wake_lock = threading.Lock()
         self.to_user_queue = _WakingQueue(self._wake_association)
+        self.datapath: DataPath | None = None
 
     def _wake_association(self) -> None:
         # The association thread waits on the DIMSE queue; (None, None) is what
@@ -120,12 +130,64 @@ class FastDUL(DULServiceProvider):
         super().kill_dul()
         self._wake()
 
-    def _decode_pdu(self, bytestream: bytearray) -> tuple[Any, str]:
-        if bytestream[0] == _P_DATA_TF and not (
+    def _raw_pdus_watched(self) -> bool:
+        return bool(
             self.assoc.get_handlers(evt.EVT_DATA_RECV) or self.assoc.get_handlers(evt.EVT_PDU_RECV)
-        ):
+        )
+
+    def _decode_pdu(self, bytestream: bytearray) -> tuple[Any, str]:
+        if bytestream[0] == _P_DATA_TF and not self._raw_pdus_watched():
             return _PData(bytestream), "Evt10"
         return super()._decode_pdu(bytestream)
+
+    def _pdu_limit(self) -> int:
+        # The peer must keep P-DATA within our maximum; other PDUs are small.
+        # A claimed length past this is an attack or garbage, not a buffer to allocate.
+        ours = int(self.assoc.acceptor.maximum_length or 0)
+        return max(ours, 1 << 20) if ours else _UNLIMITED_PDU
+
+    def _read_pdu_data(self) -> None:
+        # pynetdicom's _read_pdu_data (3.0.4), reading into one buffer, with
+        # P-DATA-TF in Sta6 served by the DataPath instead of the state machine.
+        sock = self.socket
+        try:
+            header = sock.recv(6)  # type: ignore[union-attr]
+            if len(header) < 6:
+                raise ConnectionError("closed")
+            pdu_type, _, length = _PDU_HEADER.unpack(header)
+            if pdu_type not in _PDU_TYPES or length > self._pdu_limit():
+                log.error("invalid PDU received (type 0x%02X, %d bytes)", pdu_type, length)
+                self.event_queue.put("Evt19")
+                return
+            pdu = bytearray(6 + length)
+            pdu[:6] = header
+            if sock.recv_into(pdu, 6) != len(pdu):  # type: ignore[union-attr]
+                raise ConnectionError("closed inside a PDU")
+        except (OSError, TimeoutError):
+            self.event_queue.put("Evt17")
+            return
+        datapath = self.datapath
+        if (
+            pdu_type == _P_DATA_TF
+            and datapath is not None
+            and self.state_machine.current_state == "Sta6"
+            and not self._raw_pdus_watched()
+        ):
+            try:
+                datapath.receive(pdu)
+            except ProtocolError as exc:
+                log.error("aborting the association: %s", exc)
+                datapath.close()
+                self.event_queue.put("Evt19")
+            return
+        try:
+            decoded, event = self._decode_pdu(pdu)
+        except Exception:
+            log.exception("unable to decode the received PDU")
+            self.event_queue.put("Evt19")
+            return
+        self.event_queue.put(event)
+        self._recv_pdu.put(decoded)
 
     def _wait(self) -> None:
         """Block until the socket is readable, a primitive is queued, or _POLL_S."""
@@ -149,6 +211,8 @@ class FastDUL(DULServiceProvider):
         try:
             self._run()
         finally:
+            if self.datapath is not None:
+                self.datapath.close()
             with self._wake_lock:
                 os.close(self._wake_r)
                 os.close(self._wake_w)

@@ -55,6 +55,7 @@ class ListenerHandle:
             assoc.abort()
         self._thread.join(10)
         self.assembler.stop()
+        self.server.receiver.close()
 
 
 def accepted_transfer_syntaxes() -> list[str]:
@@ -106,7 +107,7 @@ def start_listener(
         ssl_context=tls_context(settings),
         evt_handlers=handlers_for(receiver, allowed_calling_titles(settings)),
         server_class=ListenerServer,
-        incoming=spool.incoming,
+        receiver=receiver,
         allowed_networks=settings.allowed_networks,
     )
     thread = threading.Thread(

@@ -12,7 +12,7 @@ import hashlib
 import logging
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -52,10 +52,19 @@ class Spool:
     def free_mb(self) -> float:
         return shutil.disk_usage(self.root).free / 1_048_576
 
-    def commit(self, temp: Path, relative: str) -> Path:
-        """fsync ``temp``, rename it to ``relative``, fsync the folder: durable from here."""
+    def commit(
+        self, temp: Path, relative: str, flushed: Callable[[], None] | None = None
+    ) -> Path:
+        """fsync ``temp``, rename it to ``relative``, fsync the folder: durable from here.
+
+        ``flushed``, when given, waits for an fsync of ``temp`` already under
+        way (``IncomingFile.flushed``) instead of starting one.
+        """
         dest = self.root / relative
-        fsync_path(temp)
+        if flushed is None:
+            fsync_path(temp)
+        else:
+            flushed()
         folder = dest.parent
         if not folder.is_dir():
             folder.mkdir(parents=True, exist_ok=True)

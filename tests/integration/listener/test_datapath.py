@@ -1,0 +1,123 @@
+"""C-STORE and C-ECHO served on the DUL thread: answers, error comments, what it hands on."""
+
+from __future__ import annotations
+
+import io
+import threading
+
+from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom import evt
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.pdu_primitives import P_DATA
+from sqlalchemy import func, select
+
+from db.tables import Instance
+from dicom_listener import handlers
+from prelim.synthetic import make_ct_series
+from tests.integration.listener.conftest import Running, associate, encode, send_raw
+from tests.integration.listener.test_statuses import request_fragments, wait_until
+
+CT = "1.2.840.10008.5.1.4.1.1.2"
+VERIFICATION = "1.2.840.10008.1.1"
+EXPLICIT = str(ExplicitVRLittleEndian)
+
+
+def _ct(seed: int):
+    return make_ct_series(seed, slices=1, rows=64, columns=64)[0]
+
+
+def _count(listener: Running) -> int:
+    with listener.database.sessions() as session:
+        return int(session.scalar(select(func.count()).select_from(Instance)) or 0)
+
+
+def test_answers_carry_message_ids_and_the_reason_for_a_failure(
+    listener: Running, monkeypatch
+) -> None:
+    stock = []
+    monkeypatch.setattr(handlers, "handle_store", lambda *a: stock.append(a) or 0xC211)
+    assoc = associate(listener.port, [(CT, [EXPLICIT]), (VERIFICATION, [EXPLICIT])])
+    good, short = _ct(1), _ct(2)
+    short.PixelData = short.PixelData[:-2]
+    answers = [assoc.send_c_store(good, msg_id=41), assoc.send_c_store(short, msg_id=42)]
+    echo = assoc.send_c_echo(msg_id=43)
+    assoc.release()
+    assert [int(a.Status) for a in answers] == [0x0000, 0xC213]
+    # The sender's log says what to fix (storescu prints the Error Comment).
+    assert "ErrorComment" not in answers[0]
+    assert answers[1].ErrorComment == f"pixel data has {64 * 64 * 2 - 2} of {64 * 64 * 2} bytes"
+    assert int(echo.Status) == 0x0000
+    assert _count(listener) == 1
+    assert stock == []  # served on the DUL thread, not by pynetdicom's dispatch
+
+
+def test_store_on_the_verification_context_is_left_to_pynetdicom(listener: Running) -> None:
+    """pynetdicom dispatches by message type: its EVT_C_STORE handler stores it."""
+    assoc = associate(listener.port, [(CT, [EXPLICIT]), (VERIFICATION, [EXPLICIT])])
+    verification = next(c for c in assoc.accepted_contexts if c.abstract_syntax == VERIFICATION)
+    ds = _ct(3)
+    request = C_STORE()
+    request.MessageID = 5
+    request.AffectedSOPClassUID = CT
+    request.AffectedSOPInstanceUID = ds.SOPInstanceUID
+    request.Priority = 0
+    request.DataSet = io.BytesIO(encode(ds))
+    assoc.dimse.send_msg(request, verification.context_id)
+    wait_until(lambda: _count(listener) == 1)
+    assoc.release()
+    assert _count(listener) == 1
+    assert not any(listener.incoming.iterdir())
+
+
+def test_data_before_its_command_aborts_and_leaves_nothing(listener: Running) -> None:
+    assoc = associate(listener.port, [(CT, [EXPLICIT])])
+    cx = assoc.accepted_contexts[0].context_id
+    aborted = threading.Event()
+    assoc.bind(evt.EVT_ABORTED, lambda event: aborted.set())
+    fragment = P_DATA()
+    fragment.presentation_data_value_list = [[cx, b"\x00" + encode(_ct(5))[:200]]]
+    assoc.dul.send_pdu(fragment)
+    assert aborted.wait(10)
+    wait_until(lambda: not listener.handle.ae.active_associations)
+    assert not listener.handle.ae.active_associations
+    assert not any(listener.incoming.iterdir())
+    assert _count(listener) == 0
+
+
+def test_raw_pdu_watchers_get_pynetdicoms_own_path(listener: Running) -> None:
+    """With EVT_PDU_RECV bound, the stock DT-2 and EVT_C_STORE handler serve the store."""
+    assoc = associate(listener.port, [(CT, [EXPLICIT])])
+    wait_until(lambda: bool(listener.handle.ae.active_associations))
+    server_side = listener.handle.ae.active_associations[0]
+    seen: list[object] = []
+    server_side.bind(evt.EVT_PDU_RECV, lambda event: seen.append(event.pdu))
+    short = _ct(6)
+    short.PixelData = short.PixelData[:-2]
+    good_status = assoc.send_c_store(_ct(7))
+    short_status = send_raw(assoc, CT, short.SOPInstanceUID, encode(short), 2)
+    assoc.release()
+    assert int(good_status.Status) == 0 and short_status == 0xC213
+    assert len(seen) >= 4
+    assert _count(listener) == 1
+    assert not any(listener.incoming.iterdir())
+
+
+def test_cut_off_data_set_leaves_no_temp_file(listener: Running) -> None:
+    ds = make_ct_series(8, slices=1, rows=256, columns=256)[0]
+    assoc = associate(listener.port, [(CT, [EXPLICIT])])
+    request = C_STORE()
+    request.MessageID = 1
+    request.AffectedSOPClassUID = CT
+    request.AffectedSOPInstanceUID = ds.SOPInstanceUID
+    request.Priority = 0
+    request.DataSet = io.BytesIO(encode(ds))
+    fragments = list(request_fragments(assoc, request, assoc.accepted_contexts[0].context_id))
+    for pdata in fragments[:2]:  # the command and the first data fragment
+        assoc.dul.send_pdu(pdata)
+    wait_until(lambda: any(listener.incoming.iterdir()))
+    assoc.release()  # a release in the middle of a data set ends the association
+    wait_until(
+        lambda: not any(listener.incoming.iterdir()) and not listener.handle.ae.active_associations
+    )
+    assert not any(listener.incoming.iterdir())
+    assert _count(listener) == 0
