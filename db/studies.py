@@ -24,7 +24,7 @@ from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import Connection, Table, bindparam, case, func, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from db.tables import Instance, Study, StudyState
@@ -138,26 +138,28 @@ _DUPLICATE = (
 @functools.cache
 def _inserts(dialect: str) -> tuple[Any, Any]:
     """INSERT ... ON CONFLICT DO NOTHING RETURNING, of a study and of an instance."""
-    module: Any = {"postgresql": postgresql, "sqlite": sqlite}.get(dialect)
-    if module is None:
+    if dialect == "sqlite":
+        # The dialect's INSERT ... ON CONFLICT has no cache key, so SQLAlchemy
+        # would compile it again for every instance; INSERT OR IGNORE does the
+        # same here (the UIDs' unique keys are the only constraints a row can
+        # hit: every NOT NULL column is given, study_key is a fresh UUID) and
+        # is compiled once.
+        return (
+            insert(_studies).prefix_with("OR IGNORE").returning(*_STUDY_RETURNS),
+            insert(_instances).prefix_with("OR IGNORE").returning(_instances.c.id),
+        )
+    if dialect != "postgresql":
         raise NotImplementedError(f"no conflict-ignoring INSERT for {dialect}")
     study = (
-        module.insert(_studies)
+        postgresql.insert(_studies)
         .on_conflict_do_nothing(index_elements=["study_instance_uid"])
         .returning(*_STUDY_RETURNS)
     )
-    if dialect == "sqlite":
-        # The dialect's INSERT ... ON CONFLICT has no cache key, so SQLAlchemy
-        # would compile it again for every instance; INSERT OR IGNORE is the
-        # same statement here (the only constraint it can hit is the UID's)
-        # and is compiled once.
-        instance = insert(_instances).prefix_with("OR IGNORE").returning(_instances.c.id)
-    else:
-        instance = (
-            module.insert(_instances)
-            .on_conflict_do_nothing(index_elements=["sop_instance_uid"])
-            .returning(_instances.c.id)
-        )
+    instance = (
+        postgresql.insert(_instances)
+        .on_conflict_do_nothing(index_elements=["sop_instance_uid"])
+        .returning(_instances.c.id)
+    )
     return study, instance
 
 

@@ -571,9 +571,8 @@ def _decode(source: _Bytes, entry: _Entry, vr: bytes, codec: str) -> str:
 
 def _plain(raw: bytes) -> str:
     """CS, DA, TM, IS and UI values: pydicom decodes them as Latin-1 whatever the character set."""
-    text = raw.decode("latin-1").rstrip(
-        " \x00"
-    )  # pydicom's default_encoding, by the name CPython decodes directly
+    # "latin-1" is pydicom's default_encoding, by the name CPython decodes directly.
+    text = raw.decode("latin-1").rstrip(" \x00")
     if "\\" in text:
         raise _Fallback  # several values: pydicom gives a list
     return text
