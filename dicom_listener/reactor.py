@@ -224,12 +224,15 @@ class FastDUL(DULServiceProvider):
         while not self._kill_thread:
             if self.artim_timer.expired:
                 self.event_queue.put("Evt18")
+            busy = True
             try:
                 # Either send one queued primitive or read one PDU per turn.
                 if self._process_recv_primitive():
                     pass
                 elif self._is_transport_event():
                     self._idle_timer.restart()
+                else:
+                    busy = False
             except Exception:
                 log.exception("DUL reactor failed, aborting the association")
                 self._abort_hard()
@@ -237,7 +240,11 @@ class FastDUL(DULServiceProvider):
             try:
                 event = self.event_queue.get(block=False)
             except queue.Empty:
-                self._wait()
+                # After work, look again at once: the next PDU may already be
+                # here (or sit decrypted in the TLS buffer, where select cannot
+                # see it). Only an idle turn waits.
+                if not busy:
+                    self._wait()
                 continue
             self.state_machine.do_action(event)
 

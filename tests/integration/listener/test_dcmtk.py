@@ -93,3 +93,13 @@ def test_storescu_sees_refusal_when_disk_is_full(start, tmp_path: Path) -> None:
     # Exit code is 0 here too: only the logged status tells.
     statuses = _statuses(log)
     assert len(statuses) == 1 and statuses[0] != "Success" and "OutOfResources" in log, log
+
+
+def test_storescu_is_told_what_is_wrong(listener: Running, tmp_path: Path) -> None:
+    ds = make_ct_series(23, slices=1, rows=32, columns=32)[0]
+    del ds.StudyInstanceUID
+    path = write_study([ds], tmp_path)[0]
+    log = _run([STORESCU, "-d", "127.0.0.1", str(listener.port), str(path)])
+    assert "0xc212" in log, log
+    # The Error Comment, which storescu prints under "Status Detail".
+    assert "(0000,0902) LO [SOP Class, SOP Instance or Study UID missing]" in log, log

@@ -137,6 +137,8 @@ def test_tls_requires_a_trusted_client_certificate(start: StartListener, tmp_pat
     )
     assert good.is_established
     assert good.send_c_store(make_ct_series(2, slices=1, rows=16, columns=16)[0]).Status == 0
+    # A data set of many PDUs over TLS (read from the TLS buffer as well as the socket).
+    assert good.send_c_store(make_ct_series(3, slices=1, rows=512, columns=512)[0]).Status == 0
     good.release()
     refused = [
         associate(
