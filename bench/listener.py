@@ -203,8 +203,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--huge-mb", type=int, default=1024)
     parser.add_argument("--rounds", type=int, default=1, help="measure each set this many times")
     parser.add_argument("--work", type=Path, default=OUT / "work")
+    parser.add_argument(
+        "--memory-work",
+        type=Path,
+        default=Path("/dev/shm/prelim-bench"),
+        help="a tmpfs folder: prelim is measured there too, where fsync costs nothing "
+        "('' to skip)",
+    )
     args = parser.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
+    memory = args.memory_work if str(args.memory_work) not in ("", ".") else None
+    if memory is not None:
+        memory.mkdir(parents=True, exist_ok=True)
     sets = {}
     if args.cxr:
         sets["CXR 2500x2048"] = cxr_set(args.cxr)
@@ -216,33 +226,43 @@ def main(argv: list[str] | None = None) -> int:
         for label, files in sets.items():
             dcmtk = measure("dcmtk", files, start_dcmtk, args.work)
             ours = measure("prelim", files, start_prelim, args.work)
-            rows.append((label, len(files), dcmtk, ours))
+            in_memory = measure("prelim", files, start_prelim, memory) if memory else None
+            rows.append((label, len(files), dcmtk, ours, in_memory))
     huge = huge_instance(args.huge_mb) if args.huge_mb else None
     ours_huge = measure("prelim", [huge], start_prelim, args.work) if huge else None
     subprocess.run(["rm", "-rf", str(args.work)], check=False)
+    if memory is not None:
+        subprocess.run(["rm", "-rf", str(memory)], check=False)
 
     lines = [
         f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
         f"sender: TCP_NODELAY=1 storescu, one association, max PDU {PDU} both sides",
         "",
-        "| set | n | DCMTK storescp +B inst/s | MB/s | prelim listen inst/s | MB/s | ratio |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| set | n | DCMTK storescp +B inst/s | MB/s | prelim listen inst/s | MB/s | ratio "
+        "| prelim, spool on tmpfs inst/s | ratio |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for label, n, dcmtk, ours in rows:
+    for label, n, dcmtk, ours, in_memory in rows:
+        tmpfs = (
+            f"{in_memory['per_s']:.1f} | {in_memory['per_s'] / dcmtk['per_s']:.2f}"
+            if in_memory
+            else "- | -"
+        )
         lines.append(
             f"| {label} | {n} | {dcmtk['per_s']:.1f} | {dcmtk['mb_s']:.0f} | "
-            f"{ours['per_s']:.1f} | {ours['mb_s']:.0f} | {ours['per_s'] / dcmtk['per_s']:.2f} |"
+            f"{ours['per_s']:.1f} | {ours['mb_s']:.0f} | {ours['per_s'] / dcmtk['per_s']:.2f} "
+            f"| {tmpfs} |"
         )
     if args.rounds > 1:
         lines.append("")
         for label in sets:
-            ratios = [o["per_s"] / d["per_s"] for lab, _n, d, o in rows if lab == label]
+            ratios = [o["per_s"] / d["per_s"] for lab, _n, d, o, _m in rows if lab == label]
             lines.append(
                 f"{label}: median ratio {statistics.median(ratios):.2f} over {len(ratios)} rounds"
             )
     lines.append("")
     for label in sets:
-        dcmtk_rate = statistics.median([d["per_s"] for lab, _n, d, _o in rows if lab == label])
+        dcmtk_rate = statistics.median([d["per_s"] for lab, _n, d, _o, _m in rows if lab == label])
         dcmtk_ms = 1000 / dcmtk_rate
         floor = floors[label]
         lines.append(
