@@ -71,6 +71,7 @@ class IndexResult:
     study_key: str
     sha256: str  # of the copy that is kept
     reopened: bool = False
+    path: str = ""  # of the copy that is kept, relative to the spool
 
 
 def find_instance(session: Session, sop_instance_uid: str) -> Instance | None:
@@ -129,7 +130,7 @@ _SET_MODALITIES = (
     .values(modalities=bindparam("b_modalities"))
 )
 _DUPLICATE = (
-    select(_instances.c.sha256, _studies.c.study_key)
+    select(_instances.c.sha256, _studies.c.study_key, _instances.c.path)
     .join(_studies, _studies.c.id == _instances.c.study_id)
     .where(_instances.c.sop_instance_uid == bindparam("b_uid"))
 )
@@ -234,9 +235,13 @@ def insert_instance(
         ),
     ).first()
     if inserted is None:
-        kept_sha256, kept_key = conn.execute(_DUPLICATE, {"b_uid": instance.sop_instance_uid}).one()
-        return IndexResult(Indexed.DUPLICATE, str(kept_key), str(kept_sha256))
-    return IndexResult(Indexed.NEW, str(study_key), instance.sha256, reopened)
+        kept_sha256, kept_key, kept_path = conn.execute(
+            _DUPLICATE, {"b_uid": instance.sop_instance_uid}
+        ).one()
+        return IndexResult(
+            Indexed.DUPLICATE, str(kept_key), str(kept_sha256), path=str(kept_path)
+        )
+    return IndexResult(Indexed.NEW, str(study_key), instance.sha256, reopened, instance.path)
 
 
 def index_instance(
@@ -250,7 +255,7 @@ def index_instance(
     existing = find_instance(session, instance.sop_instance_uid)
     if existing is not None:
         key = session.scalar(select(Study.study_key).where(Study.id == existing.study_id))
-        return IndexResult(Indexed.DUPLICATE, str(key), existing.sha256)
+        return IndexResult(Indexed.DUPLICATE, str(key), existing.sha256, path=existing.path)
     savepoint = session.begin_nested()
     result = insert_instance(session.connection(), study, instance, now)
     if result.outcome is Indexed.DUPLICATE:  # indexed by another process meanwhile

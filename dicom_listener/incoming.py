@@ -26,11 +26,13 @@ import queue
 import struct
 import threading
 import uuid
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
+
+from dicom_listener.spool import in_background
 
 
 def _load_sync_file_range() -> Any:
@@ -51,21 +53,9 @@ WRITEBACK_STEP = 256 * 1024
 _HASH_INLINE = 1 << 20
 # Bytes of the file kept in memory for the header check.
 HEAD_BYTES = 64 * 1024
-_syncers: ThreadPoolExecutor | None = None
-_syncers_lock = threading.Lock()
-
-
-def _syncer() -> ThreadPoolExecutor:
-    global _syncers
-    with _syncers_lock:
-        if _syncers is None:
-            _syncers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="prelim-fsync")
-        return _syncers
-
-
 def prepare(folder: Path, hashing: HashWorker | None = None) -> Future[IncomingFile]:
     """Create the next temp file on a helper thread (creating one waits on the journal)."""
-    return _syncer().submit(IncomingFile, folder, hashing)
+    return in_background(IncomingFile, folder, hashing)
 
 
 def _fsync_and_close(fd: int) -> None:
@@ -239,7 +229,7 @@ class IncomingFile:
         """No more writes: start the fsync (and close) on a helper thread."""
         if self._fd >= 0 and self._sync is None:
             fd, self._fd = self._fd, -1
-            self._sync = _syncer().submit(_fsync_and_close, fd)
+            self._sync = in_background(_fsync_and_close, fd)
 
     def flushed(self) -> None:
         """Wait until the file is on disk; raises the fsync's OSError."""

@@ -1,11 +1,12 @@
 """Turn a received temp file into a durable, indexed instance, and say which status.
 
 Order, so that 0x0000 always means "on disk and indexed": check free space,
-parse and check the header, then in one transaction index it (the instance
-row's unique key doubles as the duplicate check), fsync and rename the file
-into the spool, fsync its folder, and commit. A failed commit removes the file
-again: nothing unacknowledged stays indexed or spooled (a crash between rename
-and commit leaves a complete file that start-up recovery indexes).
+parse and check the header (while the file's fsync runs), then move the file
+into the spool with a hard link (which fails when the instance is already
+there: a duplicate), and in one transaction index it while its folder is
+fsynced, and commit. A failed commit removes the file again: nothing
+unacknowledged stays indexed or spooled (a crash between the link and the
+commit leaves a complete file that start-up recovery indexes).
 
 Duplicates: the same SOP Instance UID received again is stored once. When its
 bytes are identical the copy is dropped. When they differ (a re-send in another
@@ -27,13 +28,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import NamedTuple
 
+from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
 from db.engine import is_sqlite, make_engine
 from db.studies import Indexed, InstanceFields, insert_instance
+from db.tables import Instance
 from dicom_listener import statuses
 from dicom_listener.header import InstanceRejected, read_header, request_priority
-from dicom_listener.spool import Spool
+from dicom_listener.spool import Spool, in_background
 from prelim.database import Database
 
 log = logging.getLogger(__name__)
@@ -127,33 +130,57 @@ class Receiver:
             size_bytes=size,
             sha256=sha256,
         )
-        committed = False
         with lock:
-            # One transaction: index it (the instance row's unique key is the
-            # duplicate check), make the file durable, commit. The commit comes
-            # last, so an index row never outlives its file, and a failed commit
-            # removes the file it would have pointed to. Core statements on a
-            # bare connection: the ORM's unit of work cost more than the SQL.
+            # The file first: durable and in place (a hard link, so a copy
+            # already there stays: the duplicate check of the spool), then its
+            # index row. The folder's fsync runs while the index statements do,
+            # and the commit waits for it, so an index row never points to a
+            # name that a crash could take away. The index's write lock is held
+            # only for the statements, not for the file's fsync, so other
+            # associations index meanwhile. Core statements on a bare
+            # connection: the ORM's unit of work cost more than the SQL.
             try:
-                with self.index.connect() as conn, conn.begin() as txn:
-                    result = insert_instance(conn, study, fields, datetime.now(UTC))
-                    if result.outcome is Indexed.DUPLICATE:
-                        txn.rollback()  # undo the study row's count: nothing changes
-                        self._log_duplicate(uid, result.sha256, sha256)
-                        return Outcome(statuses.SUCCESS)
-                    self.spool.commit(temp, relative, flushed)
-                    committed = True
+                placed = self.spool.place(temp, relative, flushed)
             except OSError as exc:
                 log.error("instance %s refused: cannot write the spool (%s)", uid, exc.strerror)
                 return Outcome(statuses.OUT_OF_RESOURCES, "cannot write the spool")
+            if placed is None:
+                self._log_duplicate(uid, self._kept_sha256(uid), sha256)
+                return Outcome(statuses.SUCCESS)
+            folder_synced = in_background(self.spool.sync_folder, relative)
+            try:
+                with self.index.connect() as conn, conn.begin() as txn:
+                    result = insert_instance(conn, study, fields, datetime.now(UTC))
+                    folder_synced.result()
+                    if result.outcome is Indexed.DUPLICATE:
+                        # Indexed under another study's folder: that copy stays.
+                        txn.rollback()  # undo the study row's count: nothing changes
+                        if result.path != relative:
+                            self.spool.discard(relative)
+                        self._log_duplicate(uid, result.sha256, sha256)
+                        return Outcome(statuses.SUCCESS)
+            except OSError as exc:
+                self.spool.discard(relative)
+                log.error("instance %s refused: cannot write the spool (%s)", uid, exc.strerror)
+                return Outcome(statuses.OUT_OF_RESOURCES, "cannot write the spool")
             except SQLAlchemyError as exc:
-                if committed:
-                    self.spool.discard(relative)
+                folder_synced.exception()  # let the fsync finish before the unlink
+                self.spool.discard(relative)
                 log.error("instance %s refused: database unavailable (%s)", uid, type(exc).__name__)
                 return Outcome(statuses.OUT_OF_RESOURCES, "database unavailable")
         if result.reopened:
             log.info("study %s re-opened by instance %s", result.study_key, uid)
         return Outcome(statuses.SUCCESS)
+
+    def _kept_sha256(self, uid: str) -> str | None:
+        """The indexed digest of the copy in the spool (None: not indexed yet, or no database)."""
+        try:
+            with self.index.connect() as conn:
+                return conn.execute(
+                    select(Instance.sha256).where(Instance.sop_instance_uid == uid)
+                ).scalar()
+        except SQLAlchemyError:
+            return None
 
     def close(self) -> None:
         """Release the index's own connections (SQLite)."""
@@ -161,8 +188,10 @@ class Receiver:
             self.index.dispose()
 
     @staticmethod
-    def _log_duplicate(uid: str, kept: str, received: str) -> None:
-        if kept == received:
+    def _log_duplicate(uid: str, kept: str | None, received: str) -> None:
+        if kept is None:
+            log.info("instance %s received again: the first copy is kept", uid)
+        elif kept == received:
             log.info("instance %s received again, identical: stored once", uid)
         else:
             log.warning(

@@ -3,22 +3,45 @@
 Layout: ``<spool>/<study folder>/<SOP Instance UID>.dcm``, where the study
 folder is a hash of the Study Instance UID (known before any database row
 exists, and carrying no identifier). Temp files live in ``<spool>/.incoming``
-on the same file system, so moving one into place is an atomic rename.
+on the same file system, so moving one into place is atomic: a hard link,
+which fails when the instance is already there, then an unlink of the temp
+name.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
 import shutil
+import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
 INCOMING = ".incoming"
+# errno values of a file system that cannot make hard links.
+_NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.EXDEV}
 QUARANTINE = ".quarantine"
+
+
+_helpers: ThreadPoolExecutor | None = None
+_helpers_lock = threading.Lock()
+
+
+def in_background(function: Callable[..., T], *args: Any) -> Future[T]:
+    """Run a blocking file-system call (fsync, create) on a shared helper thread."""
+    global _helpers
+    with _helpers_lock:
+        if _helpers is None:
+            _helpers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="prelim-fsync")
+    return _helpers.submit(function, *args)
 
 
 def fsync_path(path: Path, directory: bool = False) -> None:
@@ -55,10 +78,27 @@ class Spool:
     def commit(
         self, temp: Path, relative: str, flushed: Callable[[], None] | None = None
     ) -> Path:
-        """fsync ``temp``, rename it to ``relative``, fsync the folder: durable from here.
+        """fsync ``temp``, rename it to ``relative``, fsync the folder: durable from here."""
+        dest = self.place(temp, relative, flushed, replace=True)
+        assert dest is not None
+        fsync_path(dest.parent, directory=True)
+        return dest
+
+    def place(
+        self,
+        temp: Path,
+        relative: str,
+        flushed: Callable[[], None] | None = None,
+        *,
+        replace: bool = False,
+    ) -> Path | None:
+        """fsync ``temp`` and move it to ``relative``; None if a file is already there.
 
         ``flushed``, when given, waits for an fsync of ``temp`` already under
-        way (``IncomingFile.flushed``) instead of starting one.
+        way (``IncomingFile.flushed``) instead of starting one. The move is a
+        hard link and an unlink, which, unlike a rename, never replaces a file
+        already in place (the first copy of an instance is the one kept). The
+        new name is durable once its folder is fsynced (``sync_folder``).
         """
         dest = self.root / relative
         if flushed is None:
@@ -69,9 +109,28 @@ class Spool:
         if not folder.is_dir():
             folder.mkdir(parents=True, exist_ok=True)
             fsync_path(self.root, directory=True)
-        os.replace(temp, dest)
-        fsync_path(folder, directory=True)
+        if replace:
+            os.replace(temp, dest)
+            return dest
+        try:
+            os.link(temp, dest)
+        except FileExistsError:
+            return None
+        except OSError as exc:
+            if exc.errno not in _NO_HARD_LINKS:
+                raise
+            # A file system without hard links: one listener process per
+            # spool (the supported layout) holds the UID's lock here.
+            if dest.exists():
+                return None
+            os.replace(temp, dest)
+            return dest
+        os.unlink(temp)
         return dest
+
+    def sync_folder(self, relative: str) -> None:
+        """fsync the folder of ``relative``: the names placed there are durable."""
+        fsync_path((self.root / relative).parent, directory=True)
 
     def discard(self, relative: str) -> None:
         """Remove a committed file whose indexing failed (it was never acknowledged)."""

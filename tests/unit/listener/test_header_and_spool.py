@@ -48,6 +48,12 @@ def test_spool_commit_and_orphans(tmp_path: Path) -> None:
     assert relative == f"{study_folder('1.2.3')}/1.2.3.4.dcm"
     assert spool.commit(temp, relative).read_bytes() == b"data"
     assert list(spool.files()) == [relative]
+    # place() never replaces: the first copy of an instance stays.
+    again = spool.incoming / "rx-3.part"
+    again.write_bytes(b"other")
+    assert spool.place(again, relative) is None
+    assert (spool.root / relative).read_bytes() == b"data" and again.exists()
+    again.unlink()
     (spool.incoming / "rx-2.part").write_bytes(b"partial")
     assert spool.remove_orphans() == 1 and not any(spool.incoming.iterdir())
     assert "/" not in spool.relative_path("1.2", "../../etc/passwd").split("/", 1)[1]
