@@ -142,6 +142,21 @@ def send_raw(
     return int(status.Status) if "Status" in status else None
 
 
+def store_request(ds: Dataset, message_id: int = 1) -> Any:
+    """A C-STORE request primitive for ``ds``, its data set encoded (Explicit VR LE)."""
+    import io
+
+    from pynetdicom.dimse_primitives import C_STORE
+
+    request = C_STORE()
+    request.MessageID = message_id
+    request.AffectedSOPClassUID = ds.SOPClassUID
+    request.AffectedSOPInstanceUID = ds.SOPInstanceUID
+    request.Priority = 0
+    request.DataSet = io.BytesIO(encode(ds))
+    return request
+
+
 def encode(ds: Dataset, implicit: bool = False) -> bytes:
     from pydicom.filebase import DicomBytesIO
     from pydicom.filewriter import write_dataset

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
-import io
 import threading
 
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import evt
-from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu_primitives import P_DATA
 from sqlalchemy import func, select
 
 from db.tables import Instance
 from dicom_listener import handlers
 from prelim.synthetic import make_ct_series
-from tests.integration.listener.conftest import Running, associate, encode, send_raw
+from tests.integration.listener.conftest import (
+    Running,
+    associate,
+    encode,
+    send_raw,
+    store_request,
+)
 from tests.integration.listener.test_statuses import request_fragments, wait_until
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -55,14 +59,7 @@ def test_store_on_the_verification_context_is_left_to_pynetdicom(listener: Runni
     """pynetdicom dispatches by message type: its EVT_C_STORE handler stores it."""
     assoc = associate(listener.port, [(CT, [EXPLICIT]), (VERIFICATION, [EXPLICIT])])
     verification = next(c for c in assoc.accepted_contexts if c.abstract_syntax == VERIFICATION)
-    ds = _ct(3)
-    request = C_STORE()
-    request.MessageID = 5
-    request.AffectedSOPClassUID = CT
-    request.AffectedSOPInstanceUID = ds.SOPInstanceUID
-    request.Priority = 0
-    request.DataSet = io.BytesIO(encode(ds))
-    assoc.dimse.send_msg(request, verification.context_id)
+    assoc.dimse.send_msg(store_request(_ct(3), 5), verification.context_id)
     wait_until(lambda: _count(listener) == 1)
     assoc.release()
     assert _count(listener) == 1
@@ -105,12 +102,7 @@ def test_raw_pdu_watchers_get_pynetdicoms_own_path(listener: Running) -> None:
 def test_cut_off_data_set_leaves_no_temp_file(listener: Running) -> None:
     ds = make_ct_series(8, slices=1, rows=256, columns=256)[0]
     assoc = associate(listener.port, [(CT, [EXPLICIT])])
-    request = C_STORE()
-    request.MessageID = 1
-    request.AffectedSOPClassUID = CT
-    request.AffectedSOPInstanceUID = ds.SOPInstanceUID
-    request.Priority = 0
-    request.DataSet = io.BytesIO(encode(ds))
+    request = store_request(ds)
     fragments = list(request_fragments(assoc, request, assoc.accepted_contexts[0].context_id))
     for pdata in fragments[:2]:  # the command and the first data fragment
         assoc.dul.send_pdu(pdata)

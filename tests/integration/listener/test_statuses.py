@@ -11,7 +11,14 @@ from sqlalchemy import text
 from dicom_listener import statuses
 from prelim.database import open_database
 from prelim.synthetic import make_ct_series
-from tests.integration.listener.conftest import Running, StartListener, associate, encode, send_raw
+from tests.integration.listener.conftest import (
+    Running,
+    StartListener,
+    associate,
+    encode,
+    send_raw,
+    store_request,
+)
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 EXPLICIT = "1.2.840.10008.1.2.1"
@@ -156,16 +163,7 @@ def test_malformed_requests_are_answered_never_success(listener: Running) -> Non
 def test_cut_off_transfer_leaves_no_temp_file(listener: Running) -> None:
     ds = _ct(size=512)
     assoc = _open(listener)
-    import io
-
-    from pynetdicom.dimse_primitives import C_STORE
-
-    request = C_STORE()
-    request.MessageID = 1
-    request.AffectedSOPClassUID = CT
-    request.AffectedSOPInstanceUID = ds.SOPInstanceUID
-    request.Priority = 0
-    request.DataSet = io.BytesIO(encode(ds))
+    request = store_request(ds)
     cx = assoc.accepted_contexts[0]
     sent = 0
     # Send the command and part of the dataset, then abort mid-transfer.
