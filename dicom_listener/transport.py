@@ -13,7 +13,7 @@ pynetdicom's acceptor is kept; a few of its seams are used:
   in large pieces instead of 4 KB ``recv`` calls.
 - the association's DUL and DIMSE providers: event-driven (``reactor.py``).
 - the chunked-receive temp file: created in the spool's ``.incoming`` folder
-  (same file system, so storing is a rename) and hashed while it is written
+  (same file system, so storing is a link) and hashed while it is written
   (``incoming.py``), for the messages pynetdicom itself serves; C-STORE and
   C-ECHO are served on the DUL thread (``dimse.py``).
 """
