@@ -40,7 +40,8 @@ def in_background(function: Callable[..., T], *args: Any) -> Future[T]:
     global _helpers
     with _helpers_lock:
         if _helpers is None:
-            _helpers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="prelim-fsync")
+            # Enough for every association to have its fsync under way at once.
+            _helpers = ThreadPoolExecutor(max_workers=32, thread_name_prefix="prelim-fsync")
     return _helpers.submit(function, *args)
 
 
