@@ -284,7 +284,7 @@ class DataPath:
             status, comment = statuses.HANDLER_FAILED, "internal error, see the listener's log"
         finally:
             if file is not None:
-                # Stored files were renamed away; anything left here is not stored.
+                # A stored file was moved into the spool; anything left here is not stored.
                 file.discard()
         response = encode_response(
             _C_STORE_RSP,

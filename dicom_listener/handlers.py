@@ -41,7 +41,7 @@ def handle_store(event: Event, receiver: Receiver) -> int | Dataset:
             calling_ae_title=str(event.assoc.requestor.ae_title or "").strip() or None,
         )
         # The file pynetdicom wrote is complete once the handler runs; close our
-        # writer before it is renamed so no buffered byte is left behind.
+        # writer before it is moved into the spool so no buffered byte is left behind.
         writer = getattr(request, "_dataset_file", None)
         if writer is not None:
             writer.close()

@@ -14,7 +14,7 @@ it), then the data set bytes exactly as they arrived. While it is written:
 
 When the last byte is written, ``finish`` starts the file's fsync on a helper
 thread, so the disk flushes while the caller checks the header and indexes
-the instance (storing waits for it with ``flushed`` before the rename).
+the instance (storing waits for it with ``flushed`` before moving the file).
 """
 
 from __future__ import annotations

@@ -83,7 +83,7 @@ class Receiver:
         self.spool = spool
         self.min_free_disk_mb = min_free_disk_mb
         # Two associations sending the same instance at once must not both
-        # rename onto the same path and race for the index.
+        # place a file at the same path and race for the index.
         self._locks = [threading.Lock() for _ in range(_LOCK_STRIPES)]
 
     def store(

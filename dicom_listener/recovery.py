@@ -1,6 +1,6 @@
 """Start-up recovery: drop orphan temp files, re-index spool files the index lacks.
 
-A file in the spool but not in the index was renamed into place by a process
+A file in the spool but not in the index was moved into place by a process
 that died before its index transaction committed, so it was never
 acknowledged; it is a complete, checked instance all the same, and indexing it
 now loses nothing (the sender will usually send it again, and that copy is then

@@ -76,22 +76,11 @@ class Spool:
     def free_mb(self) -> float:
         return shutil.disk_usage(self.root).free / 1_048_576
 
-    def commit(
-        self, temp: Path, relative: str, flushed: Callable[[], None] | None = None
-    ) -> Path:
-        """fsync ``temp``, rename it to ``relative``, fsync the folder: durable from here."""
-        dest = self.place(temp, relative, flushed, replace=True)
-        assert dest is not None
-        fsync_path(dest.parent, directory=True)
-        return dest
-
     def place(
         self,
         temp: Path,
         relative: str,
         flushed: Callable[[], None] | None = None,
-        *,
-        replace: bool = False,
     ) -> Path | None:
         """fsync ``temp`` and move it to ``relative``; None if a file is already there.
 
@@ -110,9 +99,6 @@ class Spool:
         if not folder.is_dir():
             folder.mkdir(parents=True, exist_ok=True)
             fsync_path(self.root, directory=True)
-        if replace:
-            os.replace(temp, dest)
-            return dest
         try:
             os.link(temp, dest)
         except FileExistsError:

@@ -40,13 +40,15 @@ def test_read_header_accepts_a_good_file_and_names_the_failure(tmp_path: Path) -
     assert short.value.status in statuses.CANNOT_UNDERSTAND
 
 
-def test_spool_commit_and_orphans(tmp_path: Path) -> None:
+def test_spool_place_and_orphans(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "spool")
     temp = spool.incoming / "rx-1.part"
     temp.write_bytes(b"data")
     relative = spool.relative_path("1.2.3", "1.2.3.4")
     assert relative == f"{study_folder('1.2.3')}/1.2.3.4.dcm"
-    assert spool.commit(temp, relative).read_bytes() == b"data"
+    placed = spool.place(temp, relative)
+    assert placed is not None and placed.read_bytes() == b"data" and not temp.exists()
+    spool.sync_folder(relative)
     assert list(spool.files()) == [relative]
     # place() never replaces: the first copy of an instance stays.
     again = spool.incoming / "rx-3.part"
