@@ -271,6 +271,8 @@ class DataPath:
                 status, comment = statuses.OUT_OF_RESOURCES, store.failure
             else:
                 file.finish()
+                # The next data set's file, made while this one's fsync runs.
+                self._spare = prepare(self.receiver.spool.incoming, self._hashing)
                 status, comment = self.receiver.store(
                     file.path,
                     request,
@@ -295,7 +297,6 @@ class DataPath:
             comment,
         )
         self._send(store.context_id, response)
-        self._spare = prepare(self.receiver.spool.incoming, self._hashing)
 
     def _send(self, context_id: int, command: bytes) -> None:
         peer_max = int(self.dul.assoc.requestor.maximum_length or 0)
