@@ -113,3 +113,27 @@ def test_cut_off_data_set_leaves_no_temp_file(listener: Running) -> None:
     )
     assert not any(listener.incoming.iterdir())
     assert _count(listener) == 0
+
+
+def test_garbage_p_data_aborts_and_the_listener_carries_on(listener: Running) -> None:
+    """Random P-DATA-TF bodies (bad PDV lengths, unknown contexts, stray fragments)."""
+    import random
+    import struct
+
+    rng = random.Random(7)
+    for _ in range(12):
+        assoc = associate(listener.port, [(CT, [EXPLICIT])])
+        cx = assoc.accepted_contexts[0].context_id
+        aborted = threading.Event()
+        assoc.bind(evt.EVT_ABORTED, lambda event, done=aborted: done.set())
+        body = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 600)))
+        if rng.random() < 0.5:  # a well-formed PDV around garbage, on our context
+            body = struct.pack(">LBB", len(body) + 2, cx, rng.choice([0, 2])) + body
+        assoc.dul.socket.send(struct.pack(">BBL", 0x04, 0, len(body)) + body)
+        assert aborted.wait(10)
+    wait_until(lambda: not listener.handle.ae.active_associations)
+    assert not any(listener.incoming.iterdir())
+    assert _count(listener) == 0
+    good = associate(listener.port, [(CT, [EXPLICIT])])
+    assert int(good.send_c_store(_ct(9)).Status) == 0
+    good.release()
