@@ -51,6 +51,8 @@ _SYNC_FILE_RANGE_WRITE = 2
 WRITEBACK_STEP = 256 * 1024
 # Hash this much on the writer's thread before handing the rest to a helper thread.
 _HASH_INLINE = 1 << 20
+# Received bytes that may wait for the hash thread.
+_MAX_QUEUED = 32 << 20
 # Bytes of the file kept in memory for the header check.
 HEAD_BYTES = 64 * 1024
 def prepare(folder: Path, hashing: HashWorker | None = None) -> Future[IncomingFile]:
@@ -71,17 +73,26 @@ class HashWorker:
     The receiving thread only queues each buffer (hashlib releases the GIL on
     large buffers, so the hash runs on the other core while the next PDU
     arrives). Buffers are kept as they are, not copied: the caller must not
-    change them later (each received PDU is a fresh buffer).
+    change them later (each received PDU is a fresh buffer). At most
+    ``_MAX_QUEUED`` bytes wait; past that the receiving thread waits too, so a
+    starved hash thread cannot make memory grow with the instance.
     """
 
     def __init__(self) -> None:
         self._queue: queue.SimpleQueue[tuple[Any, Any] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        self._room = threading.Condition()
+        self._queued = 0
 
     def update(self, digest: Any, data: bytes | memoryview) -> None:
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="prelim-sha256", daemon=True)
             self._thread.start()
+        size = len(data)
+        with self._room:
+            while self._queued and self._queued + size > _MAX_QUEUED:
+                self._room.wait()
+            self._queued += size
         self._queue.put((digest, data))
 
     def wait(self) -> None:
@@ -102,8 +113,11 @@ class HashWorker:
             digest, data = item
             if digest is None:
                 data.set()
-            else:
-                digest.update(data)
+                continue
+            digest.update(data)
+            with self._room:
+                self._queued -= len(data)
+                self._room.notify()
 
 
 class _Hasher:

@@ -118,3 +118,32 @@ def test_incoming_file_keeps_head_size_and_hash(tmp_path) -> None:
     assert incoming.hexdigest() == hashlib.sha256(content).hexdigest()
     incoming.discard()
     assert not incoming.path.exists()
+
+
+def test_hash_thread_backlog_is_bounded(monkeypatch) -> None:
+    """A starved hash thread makes the receiver wait instead of holding every buffer."""
+    import threading
+
+    from dicom_listener import incoming
+
+    monkeypatch.setattr(incoming, "_MAX_QUEUED", 100)
+    release = threading.Event()
+    hashed: list[int] = []
+
+    class SlowDigest:
+        def update(self, data: bytes) -> None:
+            release.wait()
+            hashed.append(len(data))
+
+    worker = incoming.HashWorker()
+    worker.update(SlowDigest(), b"x" * 60)  # room for it: queued at once
+    second = threading.Thread(target=worker.update, args=(SlowDigest(), b"y" * 60))
+    second.start()
+    second.join(0.3)
+    assert second.is_alive()  # 120 bytes would exceed the bound: it waits
+    release.set()
+    second.join(10)
+    assert not second.is_alive()
+    worker.wait()
+    worker.close()
+    assert hashed == [60, 60]
