@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pynetdicom.pdu_primitives import P_DATA
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dicom_listener import statuses
 from dicom_listener.incoming import HashWorker, IncomingFile, prepare
@@ -45,7 +46,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-VERIFICATION = "1.2.840.10008.1.1"
+VERIFICATION = str(Verification)
 _C_STORE_RQ, _C_STORE_RSP = 0x0001, 0x8001
 _C_ECHO_RQ, _C_ECHO_RSP = 0x0030, 0x8030
 _NO_DATA_SET = 0x0101
@@ -120,8 +121,7 @@ def encode_response(
     body += _element(_DATA_SET_TYPE, _US.pack(_NO_DATA_SET))
     body += _element(_STATUS, _US.pack(status))
     if comment and status != statuses.SUCCESS:
-        # Error Comment is LO: 64 characters at most, no backslash.
-        text = comment.replace("\\", "/").encode("ascii", "replace")[:64]
+        text = statuses.error_comment(comment).encode("ascii")
         body += _element(_ERROR_COMMENT, text + (b" " if len(text) % 2 else b""))
     if sop_instance:
         body += _element(_AFFECTED_SOP_INSTANCE, sop_instance.encode("ascii"))

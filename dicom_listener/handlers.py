@@ -50,7 +50,7 @@ def handle_store(event: Event, receiver: Receiver) -> int | Dataset:
             return outcome.status
         answer = Dataset()
         answer.Status = outcome.status
-        answer.ErrorComment = outcome.comment[:64].replace("\\", "/")
+        answer.ErrorComment = statuses.error_comment(outcome.comment)
         return answer
     except Exception:
         log.exception(

@@ -28,12 +28,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import NamedTuple
 
-from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
 from db.engine import is_sqlite, make_engine
-from db.studies import Indexed, InstanceFields, insert_instance
-from db.tables import Instance
+from db.studies import Indexed, InstanceFields, find_instance, insert_instance
 from dicom_listener import statuses
 from dicom_listener.header import InstanceRejected, read_header, request_priority
 from dicom_listener.spool import Spool, in_background
@@ -175,12 +173,11 @@ class Receiver:
     def _kept_sha256(self, uid: str) -> str | None:
         """The indexed digest of the copy in the spool (None: not indexed yet, or no database)."""
         try:
-            with self.index.connect() as conn:
-                return conn.execute(
-                    select(Instance.sha256).where(Instance.sop_instance_uid == uid)
-                ).scalar()
+            with self.database.sessions() as session:
+                kept = find_instance(session, uid)
         except SQLAlchemyError:
             return None
+        return kept.sha256 if kept is not None else None
 
     def close(self) -> None:
         """Release the index's own connections (SQLite)."""

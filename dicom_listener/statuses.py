@@ -15,3 +15,8 @@ MISSING_UIDS = 0xC212
 PIXEL_DATA_SHORT = 0xC213
 
 CANNOT_UNDERSTAND = range(0xC000, 0xD000)
+
+
+def error_comment(text: str) -> str:
+    """``text`` as an Error Comment (0000,0902): LO, 64 ASCII characters, no backslash."""
+    return text.replace("\\", "/").encode("ascii", "replace").decode("ascii")[:64]
