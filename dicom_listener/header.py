@@ -14,7 +14,7 @@ the reference: the scanner only answers where it would agree.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,11 +59,12 @@ class InstanceHeader:
     study: StudyFields
 
 
-def _text(ds: Dataset, keyword: str, limit: int) -> str | None:
-    value = ds.get(keyword)
-    if value is None or value == "":
+def _text(value: Callable[[str], object], keyword: str, limit: int) -> str | None:
+    """``value(keyword)`` as stripped text of at most ``limit`` characters, or None."""
+    found = value(keyword)
+    if found is None or found == "":
         return None
-    return str(value).strip()[:limit] or None
+    return str(found).strip()[:limit] or None
 
 
 def procedure_priority(ds: Dataset) -> int:
@@ -231,57 +232,40 @@ def _read_with_pydicom(
 def _fields(ds: Dataset) -> dict[str, Any]:
     if len(ds) == 0:
         raise InstanceRejected(statuses.UNDECODABLE, "no data elements")
-    study = StudyFields(
-        study_instance_uid=_text(ds, "StudyInstanceUID", 64) or "",
-        accession_number=_text(ds, "AccessionNumber", 64),
-        patient_id=_text(ds, "PatientID", 64),
-        patient_name=_text(ds, "PatientName", 324),
-        patient_birth_date=_text(ds, "PatientBirthDate", 8),
-        patient_sex=_text(ds, "PatientSex", 16),
-        study_date=_text(ds, "StudyDate", 8),
-        study_time=_text(ds, "StudyTime", 16),
-        study_description=_text(ds, "StudyDescription", 64),
-        referring_physician=_text(ds, "ReferringPhysicianName", 324),
-        priority=procedure_priority(ds),
-    )
-    return {
-        "sop_class_uid": _text(ds, "SOPClassUID", 64) or "",
-        "sop_instance_uid": _text(ds, "SOPInstanceUID", 64) or "",
-        "series_instance_uid": _text(ds, "SeriesInstanceUID", 64),
-        "modality": _text(ds, "Modality", 16),
-        "transfer_syntax_uid": str(ds.file_meta.TransferSyntaxUID),
-        "study": study,
-    }
-
-
-def _clip(value: str | None, limit: int) -> str | None:
-    """:func:`_text` for a value the scanner decoded (already a ``str``, as pydicom's is)."""
-    if not value:
-        return None
-    return value.strip()[:limit] or None
+    return _header_fields(ds.get, procedure_priority(ds), str(ds.file_meta.TransferSyntaxUID))
 
 
 def _scan_fields(found: Scan) -> dict[str, Any]:
-    """:func:`_fields` for the scanner's values: the same fields and limits."""
-    get = found.values.get
+    """:func:`_fields` for the scanner's values (already ``str``, as pydicom's are)."""
+    return _header_fields(found.values.get, _priority(found.priorities), found.transfer_syntax_uid)
+
+
+def _header_fields(
+    value: Callable[[str], object], priority: int, transfer_syntax_uid: str
+) -> dict[str, Any]:
+    """The fields of an :class:`InstanceHeader`, from ``value(keyword)``, clipped to size."""
+
+    def text(keyword: str, limit: int) -> str | None:
+        return _text(value, keyword, limit)
+
     study = StudyFields(
-        study_instance_uid=_clip(get("StudyInstanceUID"), 64) or "",
-        accession_number=_clip(get("AccessionNumber"), 64),
-        patient_id=_clip(get("PatientID"), 64),
-        patient_name=_clip(get("PatientName"), 324),
-        patient_birth_date=_clip(get("PatientBirthDate"), 8),
-        patient_sex=_clip(get("PatientSex"), 16),
-        study_date=_clip(get("StudyDate"), 8),
-        study_time=_clip(get("StudyTime"), 16),
-        study_description=_clip(get("StudyDescription"), 64),
-        referring_physician=_clip(get("ReferringPhysicianName"), 324),
-        priority=_priority(found.priorities),
+        study_instance_uid=text("StudyInstanceUID", 64) or "",
+        accession_number=text("AccessionNumber", 64),
+        patient_id=text("PatientID", 64),
+        patient_name=text("PatientName", 324),
+        patient_birth_date=text("PatientBirthDate", 8),
+        patient_sex=text("PatientSex", 16),
+        study_date=text("StudyDate", 8),
+        study_time=text("StudyTime", 16),
+        study_description=text("StudyDescription", 64),
+        referring_physician=text("ReferringPhysicianName", 324),
+        priority=priority,
     )
     return {
-        "sop_class_uid": _clip(get("SOPClassUID"), 64) or "",
-        "sop_instance_uid": _clip(get("SOPInstanceUID"), 64) or "",
-        "series_instance_uid": _clip(get("SeriesInstanceUID"), 64),
-        "modality": _clip(get("Modality"), 16),
-        "transfer_syntax_uid": found.transfer_syntax_uid,
+        "sop_class_uid": text("SOPClassUID", 64) or "",
+        "sop_instance_uid": text("SOPInstanceUID", 64) or "",
+        "series_instance_uid": text("SeriesInstanceUID", 64),
+        "modality": text("Modality", 16),
+        "transfer_syntax_uid": transfer_syntax_uid,
         "study": study,
     }
