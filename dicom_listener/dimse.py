@@ -38,7 +38,7 @@ from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dicom_listener import statuses
-from dicom_listener.incoming import HashWorker, IncomingFile, prepare
+from dicom_listener.incoming import DiskWriter, IncomingFile, prepare
 from dicom_listener.receiver import StoreRequest
 
 if TYPE_CHECKING:
@@ -161,7 +161,8 @@ class DataPath:
         self._command = bytearray()
         self._command_pdvs: list[tuple[int, bytes]] = []
         self._store: _Store | None = None
-        self._hashing = HashWorker()
+        # Writes and hashes this association's temp files (two threads).
+        self._writing = DiskWriter()
         # The next data set's temp file, made on a helper thread while the
         # sender reads our answer (creating a file waits on the journal).
         self._spare: Future[IncomingFile] | None = None
@@ -242,7 +243,7 @@ class DataPath:
             if spare is not None and spare.exception() is None:
                 store.file = spare.result()
             else:  # none made yet, or it failed: this attempt reports why
-                store.file = IncomingFile(self.receiver.spool.incoming, self._hashing)
+                store.file = IncomingFile(self.receiver.spool.incoming, self._writing)
             store.file.write_file_meta(
                 request.sop_class_uid, request.sop_instance_uid, str(context.transfer_syntax[0])
             )
@@ -267,16 +268,21 @@ class DataPath:
     def _finish(self, store: _Store) -> None:
         request, file = store.request, store.file
         try:
+            if file is not None:
+                try:
+                    file.finish()
+                except OSError as exc:
+                    self._failed(store, exc)
+                    file = None
             if file is None:
                 status, comment = statuses.OUT_OF_RESOURCES, store.failure
             else:
-                file.finish()
                 # The next data set's file, made while this one's fsync runs.
-                self._spare = prepare(self.receiver.spool.incoming, self._hashing)
+                self._spare = prepare(self.receiver.spool.incoming, self._writing)
                 status, comment = self.receiver.store(
                     file.path,
                     request,
-                    file.hexdigest(),
+                    file.hexdigest,
                     head=file.head,
                     size=file.size,
                     flushed=file.flushed,
@@ -317,4 +323,4 @@ class DataPath:
         spare, self._spare = self._spare, None
         if spare is not None and spare.exception() is None:
             spare.result().discard()
-        self._hashing.close()
+        self._writing.close()

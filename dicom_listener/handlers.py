@@ -44,14 +44,17 @@ def handle_store(event: Event, receiver: Receiver) -> int | Dataset:
         # writer before it is moved into the spool so no buffered byte is left behind.
         writer = getattr(request, "_dataset_file", None)
         if writer is not None:
-            writer.close()
+            try:
+                writer.close()
+            except OSError as exc:
+                log.error(
+                    "instance %s refused: cannot write the spool (%s)",
+                    store_request.sop_instance_uid,
+                    exc.strerror,
+                )
+                return _answer(statuses.OUT_OF_RESOURCES, "cannot write the spool")
         outcome = receiver.store(temp, store_request, digest() if digest else None)
-        if outcome.comment is None:
-            return outcome.status
-        answer = Dataset()
-        answer.Status = outcome.status
-        answer.ErrorComment = statuses.error_comment(outcome.comment)
-        return answer
+        return _answer(outcome.status, outcome.comment)
     except Exception:
         log.exception(
             "C-STORE handler failed for instance %s",
@@ -64,14 +67,27 @@ def handle_store(event: Event, receiver: Receiver) -> int | Dataset:
             _remove(temp)
 
 
+def _answer(status: int, comment: str | None) -> int | Dataset:
+    if comment is None:
+        return status
+    answer = Dataset()
+    answer.Status = status
+    answer.ErrorComment = statuses.error_comment(comment)
+    return answer
+
+
 def handle_closed(event: Event) -> None:
     """Remove the partial temp file of a transfer cut off mid-dataset."""
     message = getattr(event.assoc.dimse, "message", None)
     writer = getattr(message, "_data_set_file", None)
     if writer is None:
         return
+    discard = getattr(writer, "discard", None)  # ours: drops its unwritten chunk
     try:
-        writer.close()
+        if discard is not None:
+            discard()
+        else:
+            writer.close()
     except OSError:
         pass
     _remove(Path(writer.name))

@@ -88,7 +88,7 @@ class Receiver:
         self,
         temp: Path,
         request: StoreRequest,
-        sha256: str | None = None,
+        sha256: str | Callable[[], str] | None = None,
         *,
         head: bytes | None = None,
         size: int | None = None,
@@ -99,6 +99,8 @@ class Receiver:
         ``head`` is a prefix of the file already in memory and ``size`` its
         length, when the caller has them (the header check then reads less);
         ``flushed`` waits for an fsync of ``temp`` the caller already started.
+        ``sha256`` is the file's digest, or a function that waits for it (called
+        once the file is durable, so a hash still running overlaps the fsync).
         """
         uid = request.sop_instance_uid
         if self.spool.free_mb() < self.min_free_disk_mb:
@@ -117,17 +119,6 @@ class Receiver:
         )
         relative = self.spool.relative_path(study.study_instance_uid, uid)
         lock = self._locks[hash(uid) % _LOCK_STRIPES]
-        sha256 = sha256 or file_sha256(temp)
-        fields = InstanceFields(
-            sop_instance_uid=uid,
-            sop_class_uid=header.sop_class_uid,
-            series_instance_uid=header.series_instance_uid,
-            modality=header.modality,
-            transfer_syntax_uid=header.transfer_syntax_uid,
-            path=relative,
-            size_bytes=size,
-            sha256=sha256,
-        )
         with lock:
             # The file first: durable and in place (a hard link, so a copy
             # already there stays: the duplicate check of the spool), then its
@@ -142,9 +133,20 @@ class Receiver:
             except OSError as exc:
                 log.error("instance %s refused: cannot write the spool (%s)", uid, exc.strerror)
                 return Outcome(statuses.OUT_OF_RESOURCES, "cannot write the spool")
+            digest = sha256() if callable(sha256) else sha256 or file_sha256(placed or temp)
             if placed is None:
-                self._log_duplicate(uid, self._kept_sha256(uid), sha256)
+                self._log_duplicate(uid, self._kept_sha256(uid), digest)
                 return Outcome(statuses.SUCCESS)
+            fields = InstanceFields(
+                sop_instance_uid=uid,
+                sop_class_uid=header.sop_class_uid,
+                series_instance_uid=header.series_instance_uid,
+                modality=header.modality,
+                transfer_syntax_uid=header.transfer_syntax_uid,
+                path=relative,
+                size_bytes=size,
+                sha256=digest,
+            )
             folder_synced = in_background(self.spool.sync_folder, relative)
             try:
                 with self.index.connect() as conn, conn.begin() as txn:
@@ -155,7 +157,7 @@ class Receiver:
                         txn.rollback()  # undo the study row's count: nothing changes
                         if result.path != relative:
                             self.spool.discard(relative)
-                        self._log_duplicate(uid, result.sha256, sha256)
+                        self._log_duplicate(uid, result.sha256, digest)
                         return Outcome(statuses.SUCCESS)
             except OSError as exc:
                 self.spool.discard(relative)

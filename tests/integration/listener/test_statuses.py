@@ -42,6 +42,27 @@ def test_disk_full_is_out_of_resources(start: StartListener) -> None:
     assert not any(listener.incoming.iterdir())
 
 
+def test_failed_disk_write_is_out_of_resources(
+    listener: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An I/O error while the data set is written (the disk, not the space check) is 0xA700."""
+    import errno
+    import os
+
+    def failing(fd: int, data: object, offset: int) -> int:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "pwrite", failing)
+    assoc = _open(listener)
+    answer = assoc.send_c_store(_ct(seed=3, size=512))  # more than one chunk
+    assert answer.Status == statuses.OUT_OF_RESOURCES
+    assert "cannot write the spool" in str(answer.ErrorComment)
+    monkeypatch.undo()
+    assert assoc.send_c_store(_ct(seed=4)).Status == statuses.SUCCESS
+    assoc.release()
+    assert not any(listener.incoming.iterdir())
+
+
 @pytest.mark.postgres
 def test_database_down_is_out_of_resources(start: StartListener, settings, postgres_url) -> None:
     database = open_database(settings.model_copy(update={"database_url": postgres_url}))

@@ -120,30 +120,41 @@ def test_incoming_file_keeps_head_size_and_hash(tmp_path) -> None:
     assert not incoming.path.exists()
 
 
-def test_hash_thread_backlog_is_bounded(monkeypatch) -> None:
-    """A starved hash thread makes the receiver wait instead of holding every buffer."""
+def test_chunks_in_flight_are_bounded(tmp_path, monkeypatch) -> None:
+    """A starved hash thread makes the receiver wait instead of holding every chunk."""
     import threading
 
     from dicom_listener import incoming
 
-    monkeypatch.setattr(incoming, "_MAX_QUEUED", 100)
     release = threading.Event()
-    hashed: list[int] = []
+    real_sha256 = incoming.hashlib.sha256
 
     class SlowDigest:
-        def update(self, data: bytes) -> None:
-            release.wait()
-            hashed.append(len(data))
+        def __init__(self) -> None:
+            self._digest = real_sha256()
 
-    worker = incoming.HashWorker()
-    worker.update(SlowDigest(), b"x" * 60)  # room for it: queued at once
-    second = threading.Thread(target=worker.update, args=(SlowDigest(), b"y" * 60))
-    second.start()
-    second.join(0.3)
-    assert second.is_alive()  # 120 bytes would exceed the bound: it waits
+        def update(self, data: memoryview) -> None:
+            release.wait()
+            self._digest.update(data)
+
+        def hexdigest(self) -> str:
+            return self._digest.hexdigest()
+
+    monkeypatch.setattr(incoming.hashlib, "sha256", SlowDigest)
+    writer = incoming.DiskWriter(depth=3)
+    file = incoming.IncomingFile(tmp_path, writer)
+    data = bytes(range(256)) * (incoming.CHUNK // 256)
+    sender = threading.Thread(target=lambda: [file.write(data) for _ in range(6)])
+    sender.start()
+    sender.join(0.5)
+    assert sender.is_alive()  # three chunks out, none hashed: the fourth waits
+    assert len(writer._made) == 3
     release.set()
-    second.join(10)
-    assert not second.is_alive()
-    worker.wait()
-    worker.close()
-    assert hashed == [60, 60]
+    sender.join(10)
+    assert not sender.is_alive()
+    file.finish()
+    file.flushed()
+    assert file.path.read_bytes() == data * 6
+    assert file.hexdigest() == real_sha256(data * 6).hexdigest()
+    file.discard()
+    writer.close()

@@ -1,0 +1,162 @@
+"""The temp file writer: direct I/O in aligned chunks, its fallbacks and its errors."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from dicom_listener import incoming
+from dicom_listener.incoming import CHUNK, DiskWriter, IncomingFile
+
+
+def _pieces(data: bytes, step: int) -> list[memoryview]:
+    return [memoryview(data)[start : start + step] for start in range(0, len(data), step)]
+
+
+@pytest.mark.parametrize(
+    "size", [0, 1, 4095, 4096, 4097, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK + 12345]
+)
+def test_every_length_is_written_exactly(tmp_path: Path, size: int) -> None:
+    data = os.urandom(size)
+    writer = DiskWriter()
+    file = IncomingFile(tmp_path, writer)
+    for piece in _pieces(data, 70_001):
+        file.write(piece)
+    file.finish()
+    file.flushed()
+    assert file.path.read_bytes() == data  # the last chunk's padding is cut off
+    assert file.size == size
+    assert file.hexdigest() == hashlib.sha256(data).hexdigest()
+    file.discard()
+    writer.close()
+    assert not any(tmp_path.iterdir())
+
+
+def test_one_writer_serves_files_one_after_another(tmp_path: Path) -> None:
+    """Reused chunks carry nothing of the previous file (padding included)."""
+    writer = DiskWriter(depth=2)
+    for size in (CHUNK + 100, 5, 2 * CHUNK):
+        data = os.urandom(size)
+        file = IncomingFile(tmp_path, writer)
+        file.write(data)
+        file.finish()
+        file.flushed()
+        assert file.path.read_bytes() == data
+        assert file.hexdigest() == hashlib.sha256(data).hexdigest()
+        file.discard()
+    writer.close()
+
+
+def test_direct_io_is_used_where_the_file_system_has_it(tmp_path: Path) -> None:
+    file = IncomingFile(tmp_path)
+    file.write(b"x" * 10)
+    file.close()
+    probe = tmp_path / "probe"
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_DIRECT, 0o600))
+        supported = True
+    except OSError:
+        supported = False
+    assert file.direct is supported
+    assert file.path.read_bytes() == b"x" * 10
+
+
+def test_no_direct_io_at_the_open_falls_back_to_the_page_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_open = os.open
+
+    def refusing(path: object, flags: int, *args: object) -> int:
+        if flags & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", refusing)
+    data = os.urandom(2 * CHUNK + 3)
+    file = IncomingFile(tmp_path)
+    assert not file.direct
+    for piece in _pieces(data, 100_000):
+        file.write(piece)
+    file.flushed()
+    assert file.path.read_bytes() == data
+    assert file.hexdigest() == hashlib.sha256(data).hexdigest()
+
+
+def test_a_write_refused_direct_goes_on_through_the_page_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_pwrite = os.pwrite
+    import fcntl
+
+    def picky(fd: int, data: memoryview, offset: int) -> int:
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT and offset >= CHUNK:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", picky)
+    data = os.urandom(3 * CHUNK + 999)
+    file = IncomingFile(tmp_path)
+    if not file.direct:
+        pytest.skip("no direct I/O on this file system")
+    file.write(data)
+    file.flushed()
+    assert not file.direct
+    assert file.path.read_bytes() == data
+    assert file.hexdigest() == hashlib.sha256(data).hexdigest()
+
+
+def test_a_failed_write_is_raised_and_the_file_goes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(fd: int, data: memoryview, offset: int) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "pwrite", full)
+    writer = DiskWriter()
+    file = IncomingFile(tmp_path, writer)
+    file.write(b"y" * CHUNK)  # the chunk is written on the writer thread
+    with pytest.raises(OSError) as failed:
+        file.finish()
+    assert failed.value.errno == errno.ENOSPC
+    with pytest.raises(OSError):
+        file.write(b"more")  # the error stays
+    file.discard()
+    assert not any(tmp_path.iterdir())
+    monkeypatch.undo()
+    # The writer carries on with the next file.
+    second = IncomingFile(tmp_path, writer)
+    second.write(b"z" * 5000)
+    second.flushed()
+    assert second.path.read_bytes() == b"z" * 5000
+    second.discard()
+    writer.close()
+
+
+def test_discard_before_the_end_writes_nothing_more(tmp_path: Path) -> None:
+    writer = DiskWriter()
+    file = IncomingFile(tmp_path, writer)
+    file.write(b"a" * (CHUNK + 10))
+    file.discard()
+    assert not file.path.exists()
+    assert len(writer._made) == 2  # both chunks came back
+    assert writer.buffer() in writer._made and writer.buffer() in writer._made
+    writer.close()
+
+
+def test_own_writer_is_closed_with_the_file(tmp_path: Path) -> None:
+    """pynetdicom's own receive path: a file without an association's writer."""
+    data = os.urandom(CHUNK + 1)
+    file = IncomingFile(tmp_path)
+    file.write(data)
+    file.close()
+    assert file._own_writer is None
+    assert file.hexdigest() == hashlib.sha256(data).hexdigest()
+    assert file.path.read_bytes() == data
+
+
+def test_alignment_is_a_multiple_of_the_disk_block() -> None:
+    assert incoming.ALIGNMENT % 512 == 0 and CHUNK % incoming.ALIGNMENT == 0
