@@ -6,7 +6,7 @@ it), then the data set bytes exactly as they arrived. The receiving thread
 only copies each fragment into a page-aligned 256 KB chunk; full chunks go
 down a pipeline of two threads per association (``DiskWriter``):
 
-- the writer thread writes each chunk with direct I/O (``O_DIRECT``), straight
+- a writer thread writes each chunk with direct I/O (``O_DIRECT``), straight
   from the chunk to the disk, while the rest of the data set still arrives. A
   buffered file makes the kernel copy every page into its cache and write it
   back page by page at the fsync; on the disk we measured, a durable 10 MB
@@ -15,11 +15,12 @@ down a pipeline of two threads per association (``DiskWriter``):
   length. A file system that refuses direct I/O (at the open, or for one
   write) gets the same chunks through the page cache, each followed by a
   request to start writing it back (``sync_file_range``);
-- the hash thread then adds the chunk to the file's SHA-256 (hashlib releases
-  the GIL), so what is hashed is exactly what was written, and the chunk goes
-  back to be filled again. An association owns at most ``_DIRECT_DEPTH``
-  chunks: when the disk or the hash falls behind, the receiving thread waits,
-  so memory stays flat whatever the instance's size.
+- at the same time a hash thread adds the same chunk to the file's SHA-256
+  (hashlib releases the GIL), so what is hashed is exactly what is written.
+  When both are done with it the chunk goes back to be filled again. An
+  association owns at most ``_DIRECT_DEPTH`` chunks: when the disk or the
+  hash falls behind, the receiving thread waits, so memory stays flat
+  whatever the instance's size.
 
 The file's first bytes also stay in memory, so the header check does not read
 them back. ``finish`` writes the last chunk, waits for the writes, and starts
@@ -89,20 +90,10 @@ def _fsync_and_close(fd: int) -> None:
         os.close(fd)
 
 
-class _Mark:
-    """Set by the writer thread (``hashed`` false) or the hash thread, once reached."""
-
-    __slots__ = ("event", "hashed")
-
-    def __init__(self, hashed: bool) -> None:
-        self.event = threading.Event()
-        self.hashed = hashed
-
-
 class DiskWriter:
     """The writer and hash threads of one association's temp files (module doc).
 
-    Chunks are written and hashed in the order they are submitted; one file
+    Each thread takes the chunks in the order they are submitted; one file
     is written at a time. The threads start with the first chunk.
     """
 
@@ -113,6 +104,9 @@ class DiskWriter:
         self._free: queue.SimpleQueue[mmap.mmap] = queue.SimpleQueue()
         self._made: list[mmap.mmap] = []
         self._threads: list[threading.Thread] = []
+        # Chunks that one of the two threads is done with (by id).
+        self._busy: set[int] = set()
+        self._busy_lock = threading.Lock()
 
     def buffer(self) -> mmap.mmap:
         """An empty chunk to fill (waits while all are in use)."""
@@ -133,7 +127,7 @@ class DiskWriter:
     def submit(
         self, file: IncomingFile, chunk: mmap.mmap, offset: int, length: int, data: int
     ) -> None:
-        """Write ``chunk[:length]`` at ``offset`` of ``file``, then hash ``chunk[:data]``.
+        """Write ``chunk[:length]`` at ``offset`` of ``file`` and hash ``chunk[:data]``.
 
         ``data`` is less than ``length`` only for a last chunk padded to the alignment.
         """
@@ -142,25 +136,38 @@ class DiskWriter:
                 thread = threading.Thread(target=target, name=f"prelim-{name}", daemon=True)
                 thread.start()
                 self._threads.append(thread)
-        self._writes.put((file, chunk, offset, length, data))
+        self._writes.put((file, chunk, offset, length))
+        self._hashes.put((file, chunk, data))
 
     def written(self) -> None:
         """Return once every chunk submitted so far is written (or failed)."""
-        self._reach(_Mark(hashed=False))
+        self._reach(self._writes)
 
     def hashed(self) -> None:
-        """Return once every chunk submitted so far is written and hashed."""
-        self._reach(_Mark(hashed=True))
+        """Return once every chunk submitted so far is hashed."""
+        self._reach(self._hashes)
 
-    def _reach(self, mark: _Mark) -> None:
+    def _reach(self, line: queue.SimpleQueue[Any]) -> None:
         if self._threads:
-            self._writes.put(mark)
-            mark.event.wait()
+            mark = threading.Event()
+            line.put(mark)
+            mark.wait()
+
+    def _done_with(self, chunk: mmap.mmap) -> None:
+        # The second of the two threads to finish with a chunk frees it.
+        with self._busy_lock:
+            key = id(chunk)
+            if key not in self._busy:
+                self._busy.add(key)  # the other thread still has it
+                return
+            self._busy.remove(key)
+        self._free.put(chunk)
 
     def close(self) -> None:
         """Stop the threads and unmap the chunks (every file done with)."""
         if self._threads:
             self._writes.put(None)
+            self._hashes.put(None)
             for thread in self._threads:
                 thread.join()
             self._threads = []
@@ -178,26 +185,22 @@ class DiskWriter:
 
     def _write_loop(self) -> None:
         while (item := self._writes.get()) is not None:
-            if isinstance(item, _Mark):
-                if item.hashed:
-                    self._hashes.put(item)
-                else:
-                    item.event.set()
+            if isinstance(item, threading.Event):
+                item.set()
                 continue
-            file, chunk, offset, length, data = item
+            file, chunk, offset, length = item
             file._write_chunk(chunk, offset, length)
-            self._hashes.put((file, chunk, data))
-        self._hashes.put(None)
+            self._done_with(chunk)
 
     def _hash_loop(self) -> None:
         while (item := self._hashes.get()) is not None:
-            if isinstance(item, _Mark):
-                item.event.set()
+            if isinstance(item, threading.Event):
+                item.set()
                 continue
             file, chunk, length = item
             with memoryview(chunk) as view:
                 file._digest.update(view[:length])
-            self._free.put(chunk)
+            self._done_with(chunk)
 
 
 def _ui(tag: int, value: str) -> bytes:
