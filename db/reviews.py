@@ -45,11 +45,7 @@ def _normalise(text: str) -> str:
 
 def _held(session: Session, actor: Actor, draft_id: int) -> Draft | None:
     """The draft if we hold its claim, locked for this transaction."""
-    return session.scalar(
-        select(Draft)
-        .where(held_by(actor, draft_id))
-        .with_for_update()
-    )
+    return session.scalar(select(Draft).where(held_by(actor, draft_id)).with_for_update())
 
 
 def save_edit(

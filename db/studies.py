@@ -57,7 +57,7 @@ class InstanceFields:
     transfer_syntax_uid: str
     path: str  # relative to the spool folder
     size_bytes: int
-    sha256: str
+    digest: str
 
 
 class Indexed(enum.StrEnum):
@@ -69,7 +69,7 @@ class Indexed(enum.StrEnum):
 class IndexResult:
     outcome: Indexed
     study_key: str
-    sha256: str  # of the copy that is kept
+    digest: str  # of the copy that is kept
     reopened: bool = False
     path: str = ""  # of the copy that is kept, relative to the spool
 
@@ -130,7 +130,7 @@ _SET_MODALITIES = (
     .values(modalities=bindparam("b_modalities"))
 )
 _DUPLICATE = (
-    select(_instances.c.sha256, _studies.c.study_key, _instances.c.path)
+    select(_instances.c.digest, _studies.c.study_key, _instances.c.path)
     .join(_studies, _studies.c.id == _instances.c.study_id)
     .where(_instances.c.sop_instance_uid == bindparam("b_uid"))
 )
@@ -230,18 +230,16 @@ def insert_instance(
             transfer_syntax_uid=instance.transfer_syntax_uid,
             path=instance.path,
             size_bytes=instance.size_bytes,
-            sha256=instance.sha256,
+            digest=instance.digest,
             received_at=now,
         ),
     ).first()
     if inserted is None:
-        kept_sha256, kept_key, kept_path = conn.execute(
+        kept_digest, kept_key, kept_path = conn.execute(
             _DUPLICATE, {"b_uid": instance.sop_instance_uid}
         ).one()
-        return IndexResult(
-            Indexed.DUPLICATE, str(kept_key), str(kept_sha256), path=str(kept_path)
-        )
-    return IndexResult(Indexed.NEW, str(study_key), instance.sha256, reopened, instance.path)
+        return IndexResult(Indexed.DUPLICATE, str(kept_key), str(kept_digest), path=str(kept_path))
+    return IndexResult(Indexed.NEW, str(study_key), instance.digest, reopened, instance.path)
 
 
 def index_instance(
@@ -255,7 +253,7 @@ def index_instance(
     existing = find_instance(session, instance.sop_instance_uid)
     if existing is not None:
         key = session.scalar(select(Study.study_key).where(Study.id == existing.study_id))
-        return IndexResult(Indexed.DUPLICATE, str(key), existing.sha256, path=existing.path)
+        return IndexResult(Indexed.DUPLICATE, str(key), existing.digest, path=existing.path)
     savepoint = session.begin_nested()
     result = insert_instance(session.connection(), study, instance, now)
     if result.outcome is Indexed.DUPLICATE:  # indexed by another process meanwhile

@@ -124,7 +124,8 @@ class Instance(Base):
     # Relative to the spool folder, so the spool can move.
     path: Mapped[str] = mapped_column(String(512))
     size_bytes: Mapped[int] = mapped_column(BigInteger)
-    sha256: Mapped[str] = mapped_column(String(64))
+    # ``<algorithm>:<hex>`` of the file in the spool (dicom_listener/fingerprint.py).
+    digest: Mapped[str] = mapped_column(String(80))
     received_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now()
     )
@@ -169,9 +170,7 @@ class Reviewer(Base):
     display_name: Mapped[str] = mapped_column(String(128))
     password_hash: Mapped[str] = mapped_column(String(256))
     active: Mapped[bool] = mapped_column(Boolean, default=True)
-    created_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), server_default=func.now()
-    )
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
 class Draft(Base):
@@ -245,9 +244,7 @@ class Review(Base):
     __tablename__ = "reviews"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    draft_id: Mapped[int] = mapped_column(
-        ForeignKey("drafts.id", ondelete="CASCADE"), unique=True
-    )
+    draft_id: Mapped[int] = mapped_column(ForeignKey("drafts.id", ondelete="CASCADE"), unique=True)
     reviewer_id: Mapped[int] = mapped_column(ForeignKey("reviewers.id"))
     outcome: Mapped[ReviewOutcome] = mapped_column(str_enum(ReviewOutcome, "review_outcome"))
     findings: Mapped[str | None] = mapped_column(Text)

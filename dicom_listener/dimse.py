@@ -282,7 +282,7 @@ class DataPath:
                 status, comment = self.receiver.store(
                     file.path,
                     request,
-                    file.hexdigest,
+                    file.digest,
                     head=file.head,
                     size=file.size,
                     flushed=file.flushed,

@@ -33,7 +33,7 @@ def handle_store(event: Event, receiver: Receiver) -> int | Dataset:
     temp: Path | None = None
     try:
         temp = Path(event.dataset_path)
-        digest = getattr(getattr(request, "_dataset_file", None), "hexdigest", None)
+        digest = getattr(getattr(request, "_dataset_file", None), "digest", None)
         store_request = StoreRequest(
             sop_class_uid=str(request.AffectedSOPClassUID or ""),
             sop_instance_uid=str(request.AffectedSOPInstanceUID or ""),

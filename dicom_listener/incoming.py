@@ -15,8 +15,9 @@ down a pipeline of two threads per association (``DiskWriter``):
   length. A file system that refuses direct I/O (at the open, or for one
   write) gets the same chunks through the page cache, each followed by a
   request to start writing it back (``sync_file_range``);
-- at the same time a hash thread adds the same chunk to the file's SHA-256
-  (hashlib releases the GIL), so what is hashed is exactly what is written.
+- at the same time a hash thread adds the same chunk to the file's digest
+  (BLAKE3, ``fingerprint.py``; it releases the GIL), so what is hashed is
+  exactly what is written.
   When both are done with it the chunk goes back to be filled again. An
   association owns at most ``_DIRECT_DEPTH`` chunks: when the disk or the
   hash falls behind, the receiving thread waits, so memory stays flat
@@ -34,7 +35,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
-import hashlib
 import mmap
 import os
 import queue
@@ -47,6 +47,7 @@ from typing import Any
 
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 
+from dicom_listener import fingerprint
 from dicom_listener.spool import in_background
 
 
@@ -132,7 +133,7 @@ class DiskWriter:
         ``data`` is less than ``length`` only for a last chunk padded to the alignment.
         """
         if not self._threads:
-            for target, name in ((self._write_loop, "write"), (self._hash_loop, "sha256")):
+            for target, name in ((self._write_loop, "write"), (self._hash_loop, "hash")):
                 thread = threading.Thread(target=target, name=f"prelim-{name}", daemon=True)
                 thread.start()
                 self._threads.append(thread)
@@ -251,7 +252,7 @@ class IncomingFile:
             self._fd = os.open(self.path, flags, 0o600)
         self._writer = writer
         self._own_writer: DiskWriter | None = None
-        self._digest = hashlib.sha256()  # updated by the hash thread only
+        self._digest = fingerprint.hasher()  # updated by the hash thread only
         self._head = bytearray()
         self.size = 0
         self._sync: Future[None] | None = None
@@ -379,12 +380,12 @@ class IncomingFile:
         if os.fstat(self._fd).st_size != self.size:
             os.ftruncate(self._fd, self.size)  # drop the last chunk's padding
 
-    def hexdigest(self) -> str:
-        """The SHA-256 of the file (call after ``finish`` or ``close``)."""
+    def digest(self) -> str:
+        """The file's fingerprint, ``blake3:<hex>`` (call after ``finish`` or ``close``)."""
         writer = self._writer or self._own_writer
         if writer is not None:
             writer.hashed()
-        return self._digest.hexdigest()
+        return fingerprint.label(self._digest.hexdigest())
 
     def finish(self) -> None:
         """No more writes: write the rest, then start the fsync (and close) on a helper thread.

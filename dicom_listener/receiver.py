@@ -19,7 +19,6 @@ must not be told otherwise forever.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 from collections.abc import Callable
@@ -32,7 +31,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from db.engine import is_sqlite, make_engine
 from db.studies import Indexed, InstanceFields, find_instance, insert_instance
-from dicom_listener import statuses
+from dicom_listener import fingerprint, statuses
 from dicom_listener.header import InstanceRejected, read_header, request_priority
 from dicom_listener.spool import Spool, in_background
 from prelim.database import Database
@@ -55,14 +54,6 @@ class StoreRequest:
     sop_instance_uid: str
     priority: int | None  # the C-STORE request's Priority (0000,0700)
     calling_ae_title: str | None
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class Receiver:
@@ -88,7 +79,7 @@ class Receiver:
         self,
         temp: Path,
         request: StoreRequest,
-        sha256: str | Callable[[], str] | None = None,
+        digest: str | Callable[[], str] | None = None,
         *,
         head: bytes | None = None,
         size: int | None = None,
@@ -99,8 +90,9 @@ class Receiver:
         ``head`` is a prefix of the file already in memory and ``size`` its
         length, when the caller has them (the header check then reads less);
         ``flushed`` waits for an fsync of ``temp`` the caller already started.
-        ``sha256`` is the file's digest, or a function that waits for it (called
-        once the file is durable, so a hash still running overlaps the fsync).
+        ``digest`` is the file's fingerprint (``fingerprint.py``), or a function
+        that waits for it (called once the file is durable, so a hash still
+        running overlaps the fsync).
         """
         uid = request.sop_instance_uid
         if self.spool.free_mb() < self.min_free_disk_mb:
@@ -133,9 +125,12 @@ class Receiver:
             except OSError as exc:
                 log.error("instance %s refused: cannot write the spool (%s)", uid, exc.strerror)
                 return Outcome(statuses.OUT_OF_RESOURCES, "cannot write the spool")
-            digest = sha256() if callable(sha256) else sha256 or file_sha256(placed or temp)
+            if callable(digest):
+                digest = digest()
+            elif digest is None:
+                digest = fingerprint.of_file(placed or temp)
             if placed is None:
-                self._log_duplicate(uid, self._kept_sha256(uid), digest)
+                self._log_duplicate(uid, self._kept_digest(uid), digest)
                 return Outcome(statuses.SUCCESS)
             fields = InstanceFields(
                 sop_instance_uid=uid,
@@ -145,7 +140,7 @@ class Receiver:
                 transfer_syntax_uid=header.transfer_syntax_uid,
                 path=relative,
                 size_bytes=size,
-                sha256=digest,
+                digest=digest,
             )
             folder_synced = in_background(self.spool.sync_folder, relative)
             try:
@@ -157,7 +152,7 @@ class Receiver:
                         txn.rollback()  # undo the study row's count: nothing changes
                         if result.path != relative:
                             self.spool.discard(relative)
-                        self._log_duplicate(uid, result.sha256, digest)
+                        self._log_duplicate(uid, result.digest, digest)
                         return Outcome(statuses.SUCCESS)
             except OSError as exc:
                 self.spool.discard(relative)
@@ -172,14 +167,14 @@ class Receiver:
             log.info("study %s re-opened by instance %s", result.study_key, uid)
         return Outcome(statuses.SUCCESS)
 
-    def _kept_sha256(self, uid: str) -> str | None:
+    def _kept_digest(self, uid: str) -> str | None:
         """The indexed digest of the copy in the spool (None: not indexed yet, or no database)."""
         try:
             with self.database.sessions() as session:
                 kept = find_instance(session, uid)
         except SQLAlchemyError:
             return None
-        return kept.sha256 if kept is not None else None
+        return kept.digest if kept is not None else None
 
     def close(self) -> None:
         """Release the index's own connections (SQLite)."""
@@ -192,10 +187,17 @@ class Receiver:
             log.info("instance %s received again: the first copy is kept", uid)
         elif kept == received:
             log.info("instance %s received again, identical: stored once", uid)
+        elif not fingerprint.comparable(kept, received):
+            log.info(
+                "instance %s received again: the first copy is kept (its digest is %s, ours %s)",
+                uid,
+                kept.partition(":")[0],
+                received.partition(":")[0],
+            )
         else:
             log.warning(
-                "instance %s received again with different bytes (kept sha256 %s, dropped %s)",
+                "instance %s received again with different bytes (kept %s, dropped %s)",
                 uid,
-                kept[:16],
-                received[:16],
+                kept[:23],
+                received[:23],
             )

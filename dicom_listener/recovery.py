@@ -17,8 +17,8 @@ from pydicom import dcmread
 
 from db.engine import transaction
 from db.studies import InstanceFields, index_instance, indexed_paths
+from dicom_listener import fingerprint
 from dicom_listener.header import read_header
-from dicom_listener.receiver import file_sha256
 from dicom_listener.spool import Spool
 from prelim.database import Database
 
@@ -59,7 +59,7 @@ def recover(spool: Spool, database: Database) -> Recovered:
             transfer_syntax_uid=header.transfer_syntax_uid,
             path=relative,
             size_bytes=path.stat().st_size,
-            sha256=file_sha256(path),
+            digest=fingerprint.of_file(path),
         )
         with transaction(database.sessions) as session:
             index_instance(session, header.study, fields, datetime.now(UTC))

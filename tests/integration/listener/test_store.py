@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
+import logging
 from pathlib import Path
 
+import blake3
 import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
@@ -132,8 +133,9 @@ def test_synthetic_study_and_identifiers_indexed(listener: Running) -> None:
 
 @pytest.mark.parametrize("differ", [False, True], ids=["identical", "different-bytes"])
 def test_duplicate_is_stored_once_first_copy_kept(
-    start: StartListener, differ: bool, tmp_path: Path
+    start: StartListener, differ: bool, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="dicom_listener.receiver")
     listener = start()
     ds = make_ct_series(9, slices=1, rows=32, columns=32)[0]
     first = write_study([ds], tmp_path / "a")[0]
@@ -148,5 +150,11 @@ def test_duplicate_is_stored_once_first_copy_kept(
         assert session.scalar(select(Study.instance_count)) == 1
         row = session.scalar(select(Instance))
     assert row is not None
-    assert row.sha256 == hashlib.sha256(stored.read_bytes()).hexdigest()
+    assert row.digest == "blake3:" + blake3.blake3(stored.read_bytes()).hexdigest()
     assert not any(listener.incoming.iterdir())
+    said = [r.getMessage() for r in caplog.records if "received again" in r.getMessage()]
+    assert len(said) == 1
+    if differ:
+        assert "with different bytes" in said[0] and row.digest[:23] in said[0]
+    else:
+        assert "identical: stored once" in said[0]

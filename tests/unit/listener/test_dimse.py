@@ -18,7 +18,7 @@ from dicom_listener.dimse import (
     decode_command,
     encode_response,
 )
-from dicom_listener.incoming import IncomingFile, file_meta
+from dicom_listener.incoming import file_meta
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 INSTANCE = "1.2.826.0.1.3680043.8.498.12345"  # odd length: padded
@@ -100,61 +100,3 @@ def test_file_meta_is_what_pynetdicom_writes() -> None:
             ),
         )
         assert file_meta(CT, INSTANCE, ts) == expected.getvalue()
-
-
-def test_incoming_file_keeps_head_size_and_hash(tmp_path) -> None:
-    import hashlib
-    import os
-
-    data = os.urandom(3 << 20)
-    incoming = IncomingFile(tmp_path)
-    incoming.write_file_meta(CT, INSTANCE, "1.2.840.10008.1.2.1")
-    for start in range(0, len(data), 100_000):
-        incoming.write(memoryview(data)[start : start + 100_000])
-    incoming.flushed()  # fsync done on the helper thread, descriptor closed
-    content = incoming.path.read_bytes()
-    assert incoming.size == len(content) and content.endswith(data)
-    assert incoming.head == content[: len(incoming.head)] and len(incoming.head) == 64 * 1024
-    assert incoming.hexdigest() == hashlib.sha256(content).hexdigest()
-    incoming.discard()
-    assert not incoming.path.exists()
-
-
-def test_chunks_in_flight_are_bounded(tmp_path, monkeypatch) -> None:
-    """A starved hash thread makes the receiver wait instead of holding every chunk."""
-    import threading
-
-    from dicom_listener import incoming
-
-    release = threading.Event()
-    real_sha256 = incoming.hashlib.sha256
-
-    class SlowDigest:
-        def __init__(self) -> None:
-            self._digest = real_sha256()
-
-        def update(self, data: memoryview) -> None:
-            release.wait()
-            self._digest.update(data)
-
-        def hexdigest(self) -> str:
-            return self._digest.hexdigest()
-
-    monkeypatch.setattr(incoming.hashlib, "sha256", SlowDigest)
-    writer = incoming.DiskWriter(depth=3)
-    file = incoming.IncomingFile(tmp_path, writer)
-    data = bytes(range(256)) * (incoming.CHUNK // 256)
-    sender = threading.Thread(target=lambda: [file.write(data) for _ in range(6)])
-    sender.start()
-    sender.join(0.5)
-    assert sender.is_alive()  # three chunks out, none hashed: the fourth waits
-    assert len(writer._made) == 3
-    release.set()
-    sender.join(10)
-    assert not sender.is_alive()
-    file.finish()
-    file.flushed()
-    assert file.path.read_bytes() == data * 6
-    assert file.hexdigest() == real_sha256(data * 6).hexdigest()
-    file.discard()
-    writer.close()

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
+import threading
 from pathlib import Path
 
+import blake3
 import pytest
 
 from dicom_listener import incoming
@@ -30,7 +31,7 @@ def test_every_length_is_written_exactly(tmp_path: Path, size: int) -> None:
     file.flushed()
     assert file.path.read_bytes() == data  # the last chunk's padding is cut off
     assert file.size == size
-    assert file.hexdigest() == hashlib.sha256(data).hexdigest()
+    assert file.digest() == "blake3:" + blake3.blake3(data).hexdigest()
     file.discard()
     writer.close()
     assert not any(tmp_path.iterdir())
@@ -46,7 +47,7 @@ def test_one_writer_serves_files_one_after_another(tmp_path: Path) -> None:
         file.finish()
         file.flushed()
         assert file.path.read_bytes() == data
-        assert file.hexdigest() == hashlib.sha256(data).hexdigest()
+        assert file.digest() == "blake3:" + blake3.blake3(data).hexdigest()
         file.discard()
     writer.close()
 
@@ -83,7 +84,7 @@ def test_no_direct_io_at_the_open_falls_back_to_the_page_cache(
         file.write(piece)
     file.flushed()
     assert file.path.read_bytes() == data
-    assert file.hexdigest() == hashlib.sha256(data).hexdigest()
+    assert file.digest() == "blake3:" + blake3.blake3(data).hexdigest()
 
 
 def test_a_write_refused_direct_goes_on_through_the_page_cache(
@@ -106,7 +107,7 @@ def test_a_write_refused_direct_goes_on_through_the_page_cache(
     file.flushed()
     assert not file.direct
     assert file.path.read_bytes() == data
-    assert file.hexdigest() == hashlib.sha256(data).hexdigest()
+    assert file.digest() == "blake3:" + blake3.blake3(data).hexdigest()
 
 
 def test_a_failed_write_is_raised_and_the_file_goes(
@@ -154,9 +155,58 @@ def test_own_writer_is_closed_with_the_file(tmp_path: Path) -> None:
     file.write(data)
     file.close()
     assert file._own_writer is None
-    assert file.hexdigest() == hashlib.sha256(data).hexdigest()
+    assert file.digest() == "blake3:" + blake3.blake3(data).hexdigest()
     assert file.path.read_bytes() == data
 
 
 def test_alignment_is_a_multiple_of_the_disk_block() -> None:
     assert incoming.ALIGNMENT % 512 == 0 and CHUNK % incoming.ALIGNMENT == 0
+
+
+def test_incoming_file_keeps_head_size_and_digest(tmp_path: Path) -> None:
+    data = os.urandom(3 << 20)
+    file = IncomingFile(tmp_path)
+    file.write_file_meta("1.2.840.10008.5.1.4.1.1.2", "2.25.1", "1.2.840.10008.1.2.1")
+    for piece in _pieces(data, 100_000):
+        file.write(piece)
+    file.flushed()  # fsync done on the helper thread, descriptor closed
+    content = file.path.read_bytes()
+    assert file.size == len(content) and content.endswith(data)
+    assert file.head == content[: len(file.head)] and len(file.head) == 64 * 1024
+    assert file.digest() == "blake3:" + blake3.blake3(content).hexdigest()
+    file.discard()
+    assert not file.path.exists()
+
+
+def test_chunks_in_flight_are_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A starved hash thread makes the receiver wait instead of holding every chunk."""
+    release = threading.Event()
+
+    class SlowDigest:
+        def __init__(self) -> None:
+            self._digest = blake3.blake3()
+
+        def update(self, data: memoryview) -> None:
+            release.wait()
+            self._digest.update(data)
+
+        def hexdigest(self) -> str:
+            return self._digest.hexdigest()
+
+    monkeypatch.setattr(incoming.fingerprint, "hasher", SlowDigest)
+    writer = DiskWriter(depth=3)
+    file = IncomingFile(tmp_path, writer)
+    data = bytes(range(256)) * (CHUNK // 256)
+    sender = threading.Thread(target=lambda: [file.write(data) for _ in range(6)])
+    sender.start()
+    sender.join(0.5)
+    assert sender.is_alive()  # three chunks out, none hashed: the fourth waits
+    assert len(writer._made) == 3
+    release.set()
+    sender.join(10)
+    assert not sender.is_alive()
+    file.flushed()
+    assert file.path.read_bytes() == data * 6
+    assert file.digest() == "blake3:" + blake3.blake3(data * 6).hexdigest()
+    file.discard()
+    writer.close()
