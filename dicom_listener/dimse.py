@@ -169,8 +169,12 @@ class DataPath:
         # pynetdicom serves the current message: its PDVs go to its DIMSE provider.
         self._passthrough = False
 
-    def receive(self, pdu: bytearray) -> None:
-        """Act on one P-DATA-TF PDU (header included); a ProtocolError aborts."""
+    def receive(self, pdu: bytearray | memoryview) -> None:
+        """Act on one P-DATA-TF PDU (header included); a ProtocolError aborts.
+
+        ``pdu`` may be a view into the socket's read-ahead buffer: nothing of it
+        is kept once this returns (the temp file and the command copy theirs).
+        """
         view = memoryview(pdu)
         offset, end = 6, len(pdu)
         while offset < end:

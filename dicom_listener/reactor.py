@@ -55,6 +55,9 @@ _P_DATA_TF = 0x04
 _PDV_HEADER = struct.Struct(">LB")
 _PDU_HEADER = struct.Struct(">BBL")
 _PDU_TYPES = frozenset(range(0x01, 0x08))
+# Bytes the socket reads ahead per association (transport.FastSocket); a PDU
+# that fits is served from there without a copy.
+READ_AHEAD = 1 << 20
 # The largest PDU accepted when the listener's maximum PDU is 0 ("unlimited").
 _UNLIMITED_PDU = 256 << 20
 
@@ -150,19 +153,25 @@ class FastDUL(DULServiceProvider):
         # pynetdicom's _read_pdu_data (3.0.4), reading into one buffer, with
         # P-DATA-TF in Sta6 served by the DataPath instead of the state machine.
         sock = self.socket
+        pdu: bytearray | memoryview | None
         try:
-            header = sock.recv(6)  # type: ignore[union-attr]
-            if len(header) < 6:
+            header = sock.peek(6)  # type: ignore[union-attr]
+            if header is None:
                 raise ConnectionError("closed")
             pdu_type, _, length = _PDU_HEADER.unpack(header)
             if pdu_type not in _PDU_TYPES or length > self._pdu_limit():
                 log.error("invalid PDU received (type 0x%02X, %d bytes)", pdu_type, length)
                 self.event_queue.put("Evt19")
                 return
-            pdu = bytearray(6 + length)
-            pdu[:6] = header
-            if sock.recv_into(pdu, 6) != len(pdu):  # type: ignore[union-attr]
-                raise ConnectionError("closed inside a PDU")
+            if 6 + length <= READ_AHEAD:
+                # A view into the socket's read-ahead buffer, valid until the next read.
+                pdu = sock.take(6 + length)  # type: ignore[union-attr]
+                if pdu is None:
+                    raise ConnectionError("closed inside a PDU")
+            else:
+                pdu = bytearray(6 + length)
+                if sock.recv_into(pdu, 0) != len(pdu):  # type: ignore[union-attr]
+                    raise ConnectionError("closed inside a PDU")
         except (OSError, TimeoutError):
             self.event_queue.put("Evt17")
             return
@@ -180,6 +189,8 @@ class FastDUL(DULServiceProvider):
                 datapath.close()
                 self.event_queue.put("Evt19")
             return
+        if isinstance(pdu, memoryview):
+            pdu = bytearray(pdu)  # pynetdicom keeps what it decodes
         try:
             decoded, event = self._decode_pdu(pdu)
         except Exception:

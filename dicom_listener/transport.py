@@ -9,8 +9,9 @@ pynetdicom's acceptor is kept; a few of its seams are used:
   an A-ASSOCIATE-RJ (rejected-permanent, service-user, no-reason-given: the
   standard has no "address not allowed" reason, and "calling AE title not
   recognised" would point the sender's admin at the wrong setting).
-- the socket: it always closes on shutdown, and reads a PDU with ``recv_into``
-  in large pieces instead of 4 KB ``recv`` calls.
+- the socket: it always closes on shutdown, and reads ahead into one buffer,
+  handing out each PDU that fits as a view into it (one ``recv`` for what the
+  kernel holds, instead of 4 KB ``recv`` calls).
 - the association's DUL and DIMSE providers: event-driven (``reactor.py``).
 - the chunked-receive temp file: created in the spool's ``.incoming`` folder
   (same file system, so storing is a link) and hashed while it is written
@@ -36,7 +37,7 @@ from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAsso
 
 from dicom_listener.dimse import DataPath
 from dicom_listener.incoming import IncomingFile
-from dicom_listener.reactor import make_event_driven
+from dicom_listener.reactor import READ_AHEAD, make_event_driven
 
 if TYPE_CHECKING:
     from dicom_listener.receiver import Receiver
@@ -76,6 +77,56 @@ class FastSocket(AssociationSocket):
             pass
         sock.close()
 
+    # Read-ahead: bytes received from the socket but not yet taken are
+    # ``_rx[_lo:_hi]``. One recv takes whatever the kernel holds (often several
+    # PDUs at once), instead of two or more calls per PDU; a PDU that fits is
+    # then handed out as a view into this buffer, without a copy.
+    _rx: bytearray | None = None
+    _rx_view: memoryview | None = None
+    _lo = 0
+    _hi = 0
+
+    @property
+    def ready(self) -> bool:
+        """Data to read: already read ahead, or waiting on the socket (pynetdicom's check)."""
+        if self._hi > self._lo:
+            return True
+        return bool(AssociationSocket.ready.fget(self))  # type: ignore[attr-defined]
+
+    def _buffer(self) -> tuple[bytearray, memoryview]:
+        if self._rx is None or self._rx_view is None:
+            self._rx = bytearray(READ_AHEAD)
+            self._rx_view = memoryview(self._rx)
+        return self._rx, self._rx_view
+
+    def peek(self, size: int) -> memoryview | None:
+        """The next ``size`` bytes (at most READ_AHEAD), not taken; None at end of stream.
+
+        The view is valid until the next read from this socket.
+        """
+        rx, view = self._buffer()
+        while self._hi - self._lo < size:
+            if self._lo == self._hi:
+                self._lo = self._hi = 0
+            elif len(rx) - self._lo < size:
+                # Move the partial bytes to the front (a copy: the two ranges overlap).
+                held = self._hi - self._lo
+                rx[:held] = bytes(view[self._lo : self._hi])
+                self._lo, self._hi = 0, held
+            sock = cast(socket.socket, self.socket)
+            got = sock.recv_into(view[self._hi :], len(rx) - self._hi)
+            if not got:
+                return None
+            self._hi += got
+        return view[self._lo : self._lo + size]
+
+    def take(self, size: int) -> memoryview | None:
+        """Like ``peek``, and the bytes are taken."""
+        got = self.peek(size)
+        if got is not None:
+            self._lo += size
+        return got
+
     def recv(self, nr_bytes: int) -> bytearray:
         buffer = bytearray(nr_bytes)
         done = self.recv_into(buffer, 0)
@@ -83,9 +134,14 @@ class FastSocket(AssociationSocket):
 
     def recv_into(self, buffer: bytearray, start: int) -> int:
         """Fill ``buffer`` from ``start``; the bytes it holds (less only at end of stream)."""
-        sock = cast(socket.socket, self.socket)
         view = memoryview(buffer)
         done, size = start, len(buffer)
+        if self._hi > self._lo and self._rx_view is not None:
+            held = min(self._hi - self._lo, size - done)
+            view[done : done + held] = self._rx_view[self._lo : self._lo + held]
+            self._lo += held
+            done += held
+        sock = cast(socket.socket, self.socket)
         while done < size:
             got = sock.recv_into(view[done:], min(size - done, _READ_PIECE))
             if not got:
