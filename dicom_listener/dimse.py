@@ -290,6 +290,7 @@ class DataPath:
                     head=file.head,
                     size=file.size,
                     flushed=file.flushed,
+                    ready=file.readable,
                 )
         except Exception:
             log.exception("C-STORE failed for instance %s", request.sop_instance_uid)

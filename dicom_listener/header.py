@@ -148,18 +148,22 @@ def read_header(
     request_instance: str,
     head: bytes | memoryview | None = None,
     size: int | None = None,
+    ready: Callable[[], None] | None = None,
 ) -> InstanceHeader:
     """Parse and check the received file; raise :class:`InstanceRejected` with the status.
 
     ``head``, when the caller still holds it, is a prefix of the file's bytes
     (the first 64 KB, say) and ``size`` the file's size: an ordinary instance
-    is then checked without reading the file again.
+    is then checked without reading the file again. ``ready``, if given, is
+    called before the file is read (it waits for writes still under way).
     """
     if size is None:
         size = path.stat().st_size
-    header = _scanned(path, request_class, request_instance, head, size)
+    header = _scanned(path, request_class, request_instance, head, size, ready)
     if header is not None:
         return header
+    if ready is not None:
+        ready()
     return _read_with_pydicom(path, request_class, request_instance, size)
 
 
@@ -169,10 +173,11 @@ def _scanned(
     request_instance: str,
     head: bytes | memoryview | None,
     size: int,
+    ready: Callable[[], None] | None = None,
 ) -> InstanceHeader | None:
     """The scanner's header of a clean file that matches the request, else None (ask pydicom)."""
     try:
-        found = scan(path, head, size)
+        found = scan(path, head, size, ready)
     except Exception:  # a scanner bug must cost time, never a verdict
         log.exception("header scan of %s failed: pydicom reads it", path.name)
         return None

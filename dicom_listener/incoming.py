@@ -24,10 +24,11 @@ down a pipeline of two threads per association (``DiskWriter``):
   whatever the instance's size.
 
 The file's first bytes also stay in memory, so the header check does not read
-them back. ``finish`` writes the last chunk, waits for the writes, and starts
-the file's fsync (by then mostly its metadata) on a helper thread, so the
-journal commits while the caller checks the header and indexes the instance
-(storing waits for it with ``flushed`` before moving the file).
+them back. ``finish`` hands the last chunk to the writer thread, which then
+cuts the file to its length and fsyncs it (by then mostly its metadata), while
+the caller checks the header (``readable`` waits for the bytes, if it must
+read the file) and prepares the index; storing waits with ``flushed`` before
+moving the file.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ import queue
 import struct
 import threading
 import uuid
+from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -133,16 +135,19 @@ class DiskWriter:
         ``data`` is less than ``length`` only for a last chunk padded to the alignment.
         """
         if not self._threads:
-            for target, name in ((self._write_loop, "write"), (self._hash_loop, "hash")):
-                thread = threading.Thread(target=target, name=f"prelim-{name}", daemon=True)
-                thread.start()
-                self._threads.append(thread)
+            self._start()
         self._writes.put((file, chunk, offset, length))
         self._hashes.put((file, chunk, data))
 
     def written(self) -> None:
         """Return once every chunk submitted so far is written (or failed)."""
         self._reach(self._writes)
+
+    def call(self, function: Callable[..., None], *args: Any) -> None:
+        """Run ``function(*args)`` on the writer thread, after the chunks submitted so far."""
+        if not self._threads:
+            self._start()
+        self._writes.put((function, args))
 
     def hashed(self) -> None:
         """Return once every chunk submitted so far is hashed."""
@@ -184,10 +189,20 @@ class DiskWriter:
                 pass
         self._made.clear()
 
+    def _start(self) -> None:
+        for target, name in ((self._write_loop, "write"), (self._hash_loop, "hash")):
+            thread = threading.Thread(target=target, name=f"prelim-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
     def _write_loop(self) -> None:
         while (item := self._writes.get()) is not None:
             if isinstance(item, threading.Event):
                 item.set()
+                continue
+            if len(item) == 2:
+                function, args = item
+                function(*args)
                 continue
             file, chunk, offset, length = item
             file._write_chunk(chunk, offset, length)
@@ -250,6 +265,8 @@ class IncomingFile:
             # No direct I/O on this file system (refused before the file exists).
             self._direct = False
             self._fd = os.open(self.path, flags, 0o600)
+        # The descriptor the writer thread writes to (``_fd`` is -1 once finished).
+        self._out = self._fd
         self._writer = writer
         self._own_writer: DiskWriter | None = None
         self._digest = fingerprint.hasher()  # updated by the hash thread only
@@ -263,6 +280,8 @@ class IncomingFile:
         self._offset = 0
         self._error: OSError | None = None
         self._written = False
+        # Set once the file holds every byte at its true length.
+        self._readable = threading.Event()
 
     @property
     def direct(self) -> bool:
@@ -327,19 +346,19 @@ class IncomingFile:
                 done = 0
                 while done < length:
                     try:
-                        done += os.pwrite(self._fd, view[done:], offset + done)
+                        done += os.pwrite(self._out, view[done:], offset + done)
                     except OSError as exc:
                         if exc.errno != errno.EINVAL or not self._direct:
                             raise
                         # Not possible directly here (the file system wants a
                         # larger alignment, or a short write left us unaligned):
                         # this file goes on through the page cache.
-                        flags = fcntl.fcntl(self._fd, fcntl.F_GETFL)
-                        fcntl.fcntl(self._fd, fcntl.F_SETFL, flags & ~_O_DIRECT)
+                        flags = fcntl.fcntl(self._out, fcntl.F_GETFL)
+                        fcntl.fcntl(self._out, fcntl.F_SETFL, flags & ~_O_DIRECT)
                         self._direct = False
                 if not self._direct and _sync_file_range is not None:
                     # A hint only: an error here shows again, and counts, at the fsync.
-                    _sync_file_range(self._fd, offset, length, _SYNC_FILE_RANGE_WRITE)
+                    _sync_file_range(self._out, offset, length, _SYNC_FILE_RANGE_WRITE)
             except OSError as exc:
                 # Kept without its traceback, whose frames would pin the chunk.
                 self._error = exc.with_traceback(None)
@@ -388,14 +407,53 @@ class IncomingFile:
         return fingerprint.label(self._digest.hexdigest())
 
     def finish(self) -> None:
-        """No more writes: write the rest, then start the fsync (and close) on a helper thread.
+        """No more writes: the last chunk, the cut to length, then the fsync, all in order.
 
-        Raises the OSError of a failed write (the file is then not complete).
+        With the association's writer this returns at once: the writer thread
+        does it after this file's other chunks, and ``flushed`` raises any
+        write or fsync error. Without one, the rest is written here (raising a
+        write error) and the fsync runs on a helper thread.
         """
-        if self._fd >= 0 and self._sync is None:
+        if self._fd < 0 or self._sync is not None:
+            return
+        if self._writer is None:
             self._write_rest()
+            self._readable.set()
             fd, self._fd = self._fd, -1
             self._sync = in_background(_fsync_and_close, fd)
+            return
+        self._written = True
+        if self._chunk is not None:
+            chunk, self._chunk = self._chunk, None
+            padded = -(-self._fill // ALIGNMENT) * ALIGNMENT
+            chunk[self._fill : padded] = bytes(padded - self._fill)
+            self._writer.submit(self, chunk, self._offset, padded, self._fill)
+        sync: Future[None] = Future()
+        fd, self._fd = self._fd, -1
+        self._sync = sync
+        self._writer.call(self._complete, fd, sync)
+
+    def _complete(self, fd: int, sync: Future[None]) -> None:
+        # On the writer thread, after every chunk of this file.
+        try:
+            if self._error is not None:
+                raise self._error
+            if os.fstat(fd).st_size != self.size:
+                os.ftruncate(fd, self.size)  # drop the last chunk's padding
+            self._readable.set()
+            os.fsync(fd)
+        except OSError as exc:
+            sync.set_exception(exc.with_traceback(None))
+        else:
+            sync.set_result(None)
+        finally:
+            self._readable.set()
+            os.close(fd)
+
+    def readable(self) -> None:
+        """Wait until the file holds every byte (for reading it back; not yet durable)."""
+        self.finish()
+        self._readable.wait()
 
     def flushed(self) -> None:
         """Wait until the file is on disk; raises the fsync's OSError."""

@@ -84,12 +84,14 @@ class Receiver:
         head: bytes | None = None,
         size: int | None = None,
         flushed: Callable[[], None] | None = None,
+        ready: Callable[[], None] | None = None,
     ) -> Outcome:
         """Store the instance in ``temp`` (consumed or left for the caller to delete).
 
         ``head`` is a prefix of the file already in memory and ``size`` its
         length, when the caller has them (the header check then reads less);
-        ``flushed`` waits for an fsync of ``temp`` the caller already started.
+        ``flushed`` waits for an fsync of ``temp`` the caller already started,
+        and ``ready`` for the file to hold every byte (before it is read).
         ``digest`` is the file's fingerprint (``fingerprint.py``), or a function
         that waits for it (called once the file is durable, so a hash still
         running overlaps the fsync).
@@ -100,7 +102,9 @@ class Receiver:
             return Outcome(statuses.OUT_OF_RESOURCES, "out of disk space")
         size = temp.stat().st_size if size is None else size
         try:
-            header = read_header(temp, request.sop_class_uid, uid, head=head, size=size)
+            header = read_header(
+                temp, request.sop_class_uid, uid, head=head, size=size, ready=ready
+            )
         except InstanceRejected as exc:
             log.warning("instance %s refused (0x%04X): %s", uid, exc.status, exc)
             return Outcome(exc.status, str(exc))

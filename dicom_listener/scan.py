@@ -15,6 +15,7 @@ pydicom's reader it follows.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -121,14 +122,21 @@ class Scan:
 class _Bytes:
     """The file's bytes: the caller's head in memory, the rest read in windows when needed."""
 
-    __slots__ = ("buf", "base", "end", "size", "_head", "_path", "_file")
+    __slots__ = ("buf", "base", "end", "size", "_head", "_path", "_file", "_ready")
 
-    def __init__(self, path: Path, head: bytes | memoryview | None, size: int) -> None:
+    def __init__(
+        self,
+        path: Path,
+        head: bytes | memoryview | None,
+        size: int,
+        ready: Callable[[], None] | None = None,
+    ) -> None:
         self._path = path
         self._file: BinaryIO | None = None
+        self._ready = ready
         self.size = size
         if head is None:
-            self._file = path.open("rb")
+            self._file = self._open()
             data = self._file.read(min(size, _FIRST_READ))
         else:
             data = bytes(head[:size])
@@ -143,12 +151,17 @@ class _Bytes:
             self.buf, self.base, self.end = self._head, 0, len(self._head)
             return
         if self._file is None:
-            self._file = self._path.open("rb")
+            self._file = self._open()
         self._file.seek(pos)
         data = self._file.read(max(n, _LATER_READ))
         if len(data) < n:
             raise _Fallback  # shorter than its stated size
         self.buf, self.base, self.end = data, pos, pos + len(data)
+
+    def _open(self) -> BinaryIO:
+        if self._ready is not None:
+            self._ready()
+        return self._path.open("rb")
 
     def take(self, pos: int, n: int) -> bytes:
         if pos < self.base or pos + n > self.end:
@@ -161,12 +174,20 @@ class _Bytes:
             self._file.close()
 
 
-def scan(path: Path, head: bytes | memoryview | None, size: int) -> Scan | None:
-    """The header values of a clean, ordinary file, or ``None`` to let pydicom decide."""
+def scan(
+    path: Path,
+    head: bytes | memoryview | None,
+    size: int,
+    ready: Callable[[], None] | None = None,
+) -> Scan | None:
+    """The header values of a clean, ordinary file, or ``None`` to let pydicom decide.
+
+    ``ready`` is called before the file itself is read, if it must be.
+    """
     if not _pydicom_defaults():
         return None
     try:
-        source = _Bytes(path, head, size)
+        source = _Bytes(path, head, size, ready)
     except OSError:
         return None
     try:

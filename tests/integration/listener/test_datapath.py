@@ -137,3 +137,32 @@ def test_garbage_p_data_aborts_and_the_listener_carries_on(listener: Running) ->
     good = associate(listener.port, [(CT, [EXPLICIT])])
     assert int(good.send_c_store(_ct(9)).Status) == 0
     good.release()
+
+
+def test_a_header_longer_than_the_kept_head_is_read_from_the_finished_file(
+    listener: Running, monkeypatch
+) -> None:
+    """The header check reads past the 64 KB kept in memory only once every byte is written."""
+    from pydicom import dcmread
+
+    from dicom_listener import incoming
+
+    read_early = []
+    real_open = incoming.IncomingFile.readable
+
+    def watched(self: incoming.IncomingFile) -> None:
+        read_early.append(not self._readable.is_set())
+        real_open(self)
+
+    monkeypatch.setattr(incoming.IncomingFile, "readable", watched)
+    ds = _ct(5)
+    ds.ImageComments = "x" * 9000  # long text elements before the pixel data
+    ds.add_new(0x00091010, "LO", "PRIVATE")
+    ds.add_new(0x00091011, "OB", bytes(300_000))  # a private blob: the header passes 64 KB
+    assoc = associate(listener.port, [(CT, [EXPLICIT])])
+    assert int(assoc.send_c_store(ds).Status) == 0x0000
+    assoc.release()
+    assert read_early  # the check did need the file
+    stored = next(listener.settings.resolved_spool_dir.rglob("*.dcm"))
+    back = dcmread(stored)
+    assert back.SOPInstanceUID == ds.SOPInstanceUID and back[0x00091011].value == bytes(300_000)

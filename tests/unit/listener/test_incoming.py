@@ -120,11 +120,14 @@ def test_a_failed_write_is_raised_and_the_file_goes(
     writer = DiskWriter()
     file = IncomingFile(tmp_path, writer)
     file.write(b"y" * CHUNK)  # the chunk is written on the writer thread
+    writer.written()
     with pytest.raises(OSError) as failed:
-        file.finish()
+        file.write(b"more")  # the next write tells
     assert failed.value.errno == errno.ENOSPC
-    with pytest.raises(OSError):
-        file.write(b"more")  # the error stays
+    file.finish()  # returns at once: the writer thread does the rest
+    with pytest.raises(OSError) as failed:
+        file.flushed()  # and the error is raised before anything is stored
+    assert failed.value.errno == errno.ENOSPC
     file.discard()
     assert not any(tmp_path.iterdir())
     monkeypatch.undo()
