@@ -17,7 +17,8 @@ down a pipeline of two threads per association (``DiskWriter``):
   request to start writing it back (``sync_file_range``);
 - at the same time a hash thread adds the same chunk to the file's digest
   (BLAKE3, ``fingerprint.py``; it releases the GIL), so what is hashed is
-  exactly what is written.
+  exactly what is written. The first MB is hashed on the receiving thread
+  itself, which for a small instance is sooner than a hand-off.
   When both are done with it the chunk goes back to be filled again. An
   association owns at most ``_DIRECT_DEPTH`` chunks: when the disk or the
   hash falls behind, the receiving thread waits, so memory stays flat
@@ -76,6 +77,8 @@ ALIGNMENT = mmap.PAGESIZE
 # Bytes per write: large enough for the disk's full speed, small enough that a
 # CT slice's first chunk is on disk before its last PDU arrives.
 CHUNK = 256 * 1024
+# The first bytes of a file hashed on the receiving thread (see DiskWriter.submit).
+HASH_INLINE = 1 << 20
 # Chunks one association may have filled, being written or being hashed.
 _DIRECT_DEPTH = 16
 _O_DIRECT = getattr(os, "O_DIRECT", 0)
@@ -133,10 +136,19 @@ class DiskWriter:
         """Write ``chunk[:length]`` at ``offset`` of ``file`` and hash ``chunk[:data]``.
 
         ``data`` is less than ``length`` only for a last chunk padded to the alignment.
+        The file's first ``HASH_INLINE`` bytes are hashed here, on the caller's
+        thread: for a CT slice, waiting for the hash thread to get the GIL
+        cost more than the hash.
         """
         if not self._threads:
             self._start()
-        self._writes.put((file, chunk, offset, length))
+        if offset < HASH_INLINE:
+            with memoryview(chunk) as view:
+                file._digest.update(view[:data])
+            self._writes.put((file, chunk, offset, length, True))
+            return
+        file._hash_queued = True
+        self._writes.put((file, chunk, offset, length, False))
         self._hashes.put((file, chunk, data))
 
     def written(self) -> None:
@@ -204,9 +216,12 @@ class DiskWriter:
                 function, args = item
                 function(*args)
                 continue
-            file, chunk, offset, length = item
+            file, chunk, offset, length, hashed = item
             file._write_chunk(chunk, offset, length)
-            self._done_with(chunk)
+            if hashed:
+                self._free.put(chunk)
+            else:
+                self._done_with(chunk)
 
     def _hash_loop(self) -> None:
         while (item := self._hashes.get()) is not None:
@@ -280,6 +295,8 @@ class IncomingFile:
         self._offset = 0
         self._error: OSError | None = None
         self._written = False
+        # Whether a chunk went to the hash thread (else the digest is complete here).
+        self._hash_queued = False
         # Set once the file holds every byte at its true length.
         self._readable = threading.Event()
 
@@ -402,7 +419,7 @@ class IncomingFile:
     def digest(self) -> str:
         """The file's fingerprint, ``blake3:<hex>`` (call after ``finish`` or ``close``)."""
         writer = self._writer or self._own_writer
-        if writer is not None:
+        if writer is not None and self._hash_queued:
             writer.hashed()
         return fingerprint.label(self._digest.hexdigest())
 

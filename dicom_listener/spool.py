@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -29,6 +30,8 @@ INCOMING = ".incoming"
 # errno values of a file system that cannot make hard links.
 _NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.EXDEV}
 QUARANTINE = ".quarantine"
+# How long a look at the free disk space is trusted.
+FREE_SPACE_AGE_S = 0.05
 
 
 _helpers: ThreadPoolExecutor | None = None
@@ -69,12 +72,25 @@ class Spool:
         self.root = root
         self.incoming = root / INCOMING
         self.incoming.mkdir(parents=True, exist_ok=True)
+        self._free: tuple[float, float] | None = None  # (when, MB)
 
     def relative_path(self, study_instance_uid: str, sop_instance_uid: str) -> str:
         return f"{study_folder(study_instance_uid)}/{_safe_name(sop_instance_uid)}.dcm"
 
     def free_mb(self) -> float:
-        return shutil.disk_usage(self.root).free / 1_048_576
+        """Free space on the spool's file system, looked up at most every FREE_SPACE_AGE_S.
+
+        A CT series arrives at hundreds of instances a second; one look per
+        instance cost more than the index statements. A disk that fills up
+        in between still refuses the write itself (0xA700).
+        """
+        now = time.monotonic()
+        cached = self._free
+        if cached is not None and now - cached[0] < FREE_SPACE_AGE_S:
+            return cached[1]
+        free = shutil.disk_usage(self.root).free / 1_048_576
+        self._free = (now, free)
+        return free
 
     def place(
         self,

@@ -197,6 +197,7 @@ def test_chunks_in_flight_are_bounded(tmp_path: Path, monkeypatch: pytest.Monkey
             return self._digest.hexdigest()
 
     monkeypatch.setattr(incoming.fingerprint, "hasher", SlowDigest)
+    monkeypatch.setattr(incoming, "HASH_INLINE", 0)  # every chunk to the hash thread
     writer = DiskWriter(depth=3)
     file = IncomingFile(tmp_path, writer)
     data = bytes(range(256)) * (CHUNK // 256)
