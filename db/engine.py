@@ -28,7 +28,8 @@ def _sqlite_pragmas(synchronous: str) -> Any:
 
 def _sqlite_begin(conn: Any) -> None:
     # Take the write lock at BEGIN so read-then-write transactions cannot deadlock.
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+    # Straight on the DBAPI connection: this runs for every transaction.
+    conn.connection.dbapi_connection.execute("BEGIN IMMEDIATE")
 
 
 def make_engine(url: str, *, sqlite_synchronous: str = "FULL", **kwargs: Any) -> Engine:

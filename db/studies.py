@@ -19,6 +19,7 @@ from __future__ import annotations
 import enum
 import functools
 import uuid
+import weakref
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
@@ -164,6 +165,61 @@ def _inserts(dialect: str) -> tuple[Any, Any]:
     return study, instance
 
 
+class _Compiled:
+    """A Core statement compiled once for a dialect, run straight on the DBAPI cursor.
+
+    The listener indexes each CT slice with two statements; SQLAlchemy's work
+    around each execution (cache key, execution context, result wrapper,
+    events) cost several times the SQL. Here the SQL text, the order of its
+    parameters and their type conversions are worked out once; an execution
+    is ``construct_params``, the conversions and one DBAPI call. Only for
+    statements with fixed parameter names (no IN lists, no literal binds).
+    """
+
+    __slots__ = ("_compiled", "_order", "_processors", "sql")
+
+    def __init__(self, statement: Any, dialect: Any, column_keys: list[str] | None) -> None:
+        compiled = statement.compile(dialect=dialect, column_keys=column_keys)
+        self._compiled = compiled
+        self.sql = compiled.string
+        self._order = compiled.positiontup  # positional paramstyle (SQLite), else None
+        self._processors = {
+            name: processor
+            for name, bind in compiled.binds.items()
+            if (processor := bind.type.bind_processor(dialect)) is not None
+        }
+
+    def first(self, conn: Connection, params: dict[str, Any]) -> Any:
+        """The first row, or None (the statement's other rows are dropped)."""
+        values = self._compiled.construct_params(params)
+        for name, processor in self._processors.items():
+            if name in values:
+                values[name] = processor(values[name])
+        args = values if self._order is None else [values[name] for name in self._order]
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.execute(self.sql, args)
+            return cursor.fetchone() if cursor.description else None
+        finally:
+            cursor.close()
+
+
+# Per dialect (one per engine): {id(statement): (statement, compiled)}.
+_compiled: weakref.WeakKeyDictionary[Any, dict[int, tuple[Any, _Compiled]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _first(conn: Connection, statement: Any, params: dict[str, Any]) -> Any:
+    """``conn.execute(statement, params).first()``, on the fast path of ``_Compiled``."""
+    known = _compiled.setdefault(conn.dialect, {})
+    entry = known.get(id(statement))
+    if entry is None or entry[0] is not statement:
+        keys = sorted(params) if getattr(statement, "is_insert", False) else None
+        entry = known[id(statement)] = (statement, _Compiled(statement, conn.dialect, keys))
+    return entry[1].first(conn, params)
+
+
 def insert_instance(
     conn: Connection, study: StudyFields, instance: InstanceFields, now: datetime
 ) -> IndexResult:
@@ -179,12 +235,13 @@ def insert_instance(
     params = {"b_uid": study.study_instance_uid, "b_now": now, "b_priority": study.priority}
     reopened = False
     for _attempt in range(3):
-        row = conn.execute(_ADD_TO_RECEIVING, params).first()
+        row = _first(conn, _ADD_TO_RECEIVING, params)
         if row is None:
-            row = conn.execute(_ADD_AND_REOPEN, params).first()
+            row = _first(conn, _ADD_AND_REOPEN, params)
             reopened = row is not None
         if row is None:
-            row = conn.execute(
+            row = _first(
+                conn,
                 insert_study,
                 dict(
                     study_key=uuid.uuid4().hex,
@@ -209,7 +266,7 @@ def insert_instance(
                     last_received_at=now,
                     updated_at=now,
                 ),
-            ).first()
+            )
         if row is not None:
             break
         # Another process created the study between our UPDATEs and INSERT: count on it.
@@ -218,8 +275,9 @@ def insert_instance(
     study_id, study_key, modalities = row
     merged = _merge_modalities(modalities or "", instance.modality)
     if merged != modalities:
-        conn.execute(_SET_MODALITIES, {"b_id": study_id, "b_modalities": merged})
-    inserted = conn.execute(
+        _first(conn, _SET_MODALITIES, {"b_id": study_id, "b_modalities": merged})
+    inserted = _first(
+        conn,
         insert_instance_row,
         dict(
             study_id=study_id,
@@ -233,7 +291,7 @@ def insert_instance(
             digest=instance.digest,
             received_at=now,
         ),
-    ).first()
+    )
     if inserted is None:
         kept_digest, kept_key, kept_path = conn.execute(
             _DUPLICATE, {"b_uid": instance.sop_instance_uid}
