@@ -95,10 +95,12 @@ _STUDY_RETURNS = (_studies.c.id, _studies.c.study_key, _studies.c.modalities)
 
 def _received(*, reopen: bool) -> Any:
     """UPDATE for one more instance of a study in RECEIVING (or, ``reopen``, past it)."""
+    # Typed, so the time is stored in the column's own format (SQLite keeps text).
+    now = bindparam("b_now", type_=_studies.c.last_received_at.type)
     values: dict[str, Any] = {
         "instance_count": _studies.c.instance_count + 1,
-        "last_received_at": bindparam("b_now"),
-        "updated_at": bindparam("b_now"),
+        "last_received_at": now,
+        "updated_at": now,
         "priority": case(
             (_studies.c.priority < bindparam("b_priority"), bindparam("b_priority")),
             else_=_studies.c.priority,
@@ -186,7 +188,7 @@ class _Compiled:
         self._processors = {
             name: processor
             for name, bind in compiled.binds.items()
-            if (processor := bind.type.bind_processor(dialect)) is not None
+            if (processor := bind.type.dialect_impl(dialect).bind_processor(dialect)) is not None
         }
 
     def first(self, conn: Connection, params: dict[str, Any]) -> Any:
