@@ -382,6 +382,14 @@ class IncomingFile:
             finally:
                 view.release()
 
+    def _submit_last(self, writer: DiskWriter) -> None:
+        """Hand the partly filled last chunk to ``writer``, padded with zeros to the alignment."""
+        assert self._chunk is not None
+        chunk, self._chunk = self._chunk, None
+        padded = -(-self._fill // ALIGNMENT) * ALIGNMENT
+        chunk[self._fill : padded] = bytes(padded - self._fill)
+        writer.submit(self, chunk, self._offset, padded, self._fill)
+
     def _write_rest(self, keep: bool = True) -> None:
         """Write the last, partly filled chunk and wait for every write of this file.
 
@@ -394,14 +402,12 @@ class IncomingFile:
         self._written = True
         writer = self._writer or self._own_writer
         if self._chunk is not None:
-            chunk, self._chunk = self._chunk, None
             assert writer is not None
             if keep:
-                padded = -(-self._fill // ALIGNMENT) * ALIGNMENT
-                chunk[self._fill : padded] = bytes(padded - self._fill)
-                writer.submit(self, chunk, self._offset, padded, self._fill)
+                self._submit_last(writer)
             else:
-                writer.release(chunk)
+                writer.release(self._chunk)
+                self._chunk = None
         if self._own_writer is not None:
             # Its threads end with this file: wait for the hash too.
             self._own_writer.hashed()
@@ -441,10 +447,7 @@ class IncomingFile:
             return
         self._written = True
         if self._chunk is not None:
-            chunk, self._chunk = self._chunk, None
-            padded = -(-self._fill // ALIGNMENT) * ALIGNMENT
-            chunk[self._fill : padded] = bytes(padded - self._fill)
-            self._writer.submit(self, chunk, self._offset, padded, self._fill)
+            self._submit_last(self._writer)
         sync: Future[None] = Future()
         fd, self._fd = self._fd, -1
         self._sync = sync
