@@ -3,26 +3,28 @@
 A received data set becomes ``<spool>/.incoming/rx-<random>.part``: the
 128-byte preamble, ``DICM``, the File Meta Information (as pynetdicom writes
 it), then the data set bytes exactly as they arrived. The receiving thread
-only copies each fragment into a page-aligned 256 KB chunk; full chunks go
-down a pipeline of two threads per association (``DiskWriter``):
+copies each fragment into a page-aligned 256 KB chunk; each full chunk is
+added to the file's digest (BLAKE3, ``fingerprint.py``; it releases the GIL)
+and handed to the association's writer thread (``DiskWriter``):
 
-- a writer thread writes each chunk with direct I/O (``O_DIRECT``), straight
-  from the chunk to the disk, while the rest of the data set still arrives. A
+- the writer thread writes the chunks with direct I/O (``O_DIRECT``),
+  straight from the chunk to the disk, while the rest of the data set still
+  arrives; chunks already waiting go down together in one ``pwritev``. A
   buffered file makes the kernel copy every page into its cache and write it
   back page by page at the fsync; on the disk we measured, a durable 10 MB
-  instance took 26 ms that way and 6 ms written directly (``bench/RESULTS.md``).
-  The last chunk is padded to the alignment and the file cut back to its true
-  length. A file system that refuses direct I/O (at the open, or for one
-  write) gets the same chunks through the page cache, each followed by a
-  request to start writing it back (``sync_file_range``);
-- at the same time a hash thread adds the same chunk to the file's digest
-  (BLAKE3, ``fingerprint.py``; it releases the GIL), so what is hashed is
-  exactly what is written. The first MB is hashed on the receiving thread
-  itself, which for a small instance is sooner than a hand-off.
-  When both are done with it the chunk goes back to be filled again. An
-  association owns at most ``_DIRECT_DEPTH`` chunks: when the disk or the
-  hash falls behind, the receiving thread waits, so memory stays flat
-  whatever the instance's size.
+  instance took 19-26 ms that way and 6-11 ms written directly
+  (``bench/RESULTS.md``). The last chunk is padded to the alignment and the
+  file cut back to its true length. A file system that refuses direct I/O
+  (at the open, or for one write) gets the same chunks through the page
+  cache, each followed by a request to start writing it back
+  (``sync_file_range``);
+- a written chunk goes back to be filled again. An association owns at most
+  ``_DIRECT_DEPTH`` chunks: when the disk falls behind, the receiving thread
+  waits, so memory stays flat whatever the instance's size.
+
+Hashing on the receiving thread, not a thread of its own, is deliberate: a
+hash thread has to win the GIL for every chunk, and that hand-off cost more
+time than the hash (2 ms per 10 MB).
 
 The file's first bytes also stay in memory, so the header check does not read
 them back. ``finish`` hands the last chunk to the writer thread, which then
@@ -77,16 +79,31 @@ ALIGNMENT = mmap.PAGESIZE
 # Bytes per write: large enough for the disk's full speed, small enough that a
 # CT slice's first chunk is on disk before its last PDU arrives.
 CHUNK = 256 * 1024
-# The first bytes of a file hashed on the receiving thread (see DiskWriter.submit).
-HASH_INLINE = 1 << 20
-# Chunks one association may have filled, being written or being hashed.
+# Chunks one association may have filled or waiting for the disk.
 _DIRECT_DEPTH = 16
 _O_DIRECT = getattr(os, "O_DIRECT", 0)
+# Most chunks written by one system call (when that many are waiting).
+_WRITE_BATCH = 16
+_NOTHING = object()
 
 
 def prepare(folder: Path, writer: DiskWriter | None = None) -> Future[IncomingFile]:
     """Create the next temp file on a helper thread (creating one waits on the journal)."""
     return in_background(IncomingFile, folder, writer)
+
+
+def _after(views: list[memoryview], skip: int) -> list[memoryview]:
+    """The bytes of ``views`` past the first ``skip`` (what a short write left)."""
+    if not skip:
+        return views
+    rest = []
+    for view in views:
+        if skip >= len(view):
+            skip -= len(view)
+            continue
+        rest.append(view[skip:])
+        skip = 0
+    return rest
 
 
 def _fsync_and_close(fd: int) -> None:
@@ -97,22 +114,21 @@ def _fsync_and_close(fd: int) -> None:
 
 
 class DiskWriter:
-    """The writer and hash threads of one association's temp files (module doc).
+    """The writer thread of one association's temp files (see the module docstring).
 
-    Each thread takes the chunks in the order they are submitted; one file
-    is written at a time. The threads start with the first chunk.
+    It owns the chunk buffers (page-aligned anonymous maps, reused from one
+    instance to the next) and makes at most ``depth`` of them; when all are
+    filled and waiting for the disk, ``buffer`` waits too, so memory stays
+    flat whatever the instance's size. Chunks are written in the order they
+    are submitted, one file at a time; the thread starts with the first.
     """
 
     def __init__(self, depth: int = _DIRECT_DEPTH) -> None:
         self._depth = depth
         self._writes: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._hashes: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._free: queue.SimpleQueue[mmap.mmap] = queue.SimpleQueue()
         self._made: list[mmap.mmap] = []
-        self._threads: list[threading.Thread] = []
-        # Chunks that one of the two threads is done with (by id).
-        self._busy: set[int] = set()
-        self._busy_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
 
     def buffer(self) -> mmap.mmap:
         """An empty chunk to fill (waits while all are in use)."""
@@ -130,65 +146,33 @@ class DiskWriter:
         """Give back a chunk that is not submitted."""
         self._free.put(chunk)
 
-    def submit(
-        self, file: IncomingFile, chunk: mmap.mmap, offset: int, length: int, data: int
-    ) -> None:
-        """Write ``chunk[:length]`` at ``offset`` of ``file`` and hash ``chunk[:data]``.
-
-        ``data`` is less than ``length`` only for a last chunk padded to the alignment.
-        The file's first ``HASH_INLINE`` bytes are hashed here, on the caller's
-        thread: for a CT slice, waiting for the hash thread to get the GIL
-        cost more than the hash.
-        """
-        if not self._threads:
-            self._start()
-        if offset < HASH_INLINE:
-            with memoryview(chunk) as view:
-                file._digest.update(view[:data])
-            self._writes.put((file, chunk, offset, length, True))
-            return
-        file._hash_queued = True
-        self._writes.put((file, chunk, offset, length, False))
-        self._hashes.put((file, chunk, data))
-
-    def written(self) -> None:
-        """Return once every chunk submitted so far is written (or failed)."""
-        self._reach(self._writes)
+    def submit(self, file: IncomingFile, chunk: mmap.mmap, offset: int, length: int) -> None:
+        """Write ``chunk[:length]`` at ``offset`` of ``file``, then give the chunk back."""
+        self._put((file, chunk, offset, length))
 
     def call(self, function: Callable[..., None], *args: Any) -> None:
         """Run ``function(*args)`` on the writer thread, after the chunks submitted so far."""
-        if not self._threads:
-            self._start()
-        self._writes.put((function, args))
+        self._put((function, args))
 
-    def hashed(self) -> None:
-        """Return once every chunk submitted so far is hashed."""
-        self._reach(self._hashes)
-
-    def _reach(self, line: queue.SimpleQueue[Any]) -> None:
-        if self._threads:
+    def written(self) -> None:
+        """Return once every chunk submitted so far is written (or failed)."""
+        if self._thread is not None:
             mark = threading.Event()
-            line.put(mark)
+            self._writes.put(mark)
             mark.wait()
 
-    def _done_with(self, chunk: mmap.mmap) -> None:
-        # The second of the two threads to finish with a chunk frees it.
-        with self._busy_lock:
-            key = id(chunk)
-            if key not in self._busy:
-                self._busy.add(key)  # the other thread still has it
-                return
-            self._busy.remove(key)
-        self._free.put(chunk)
+    def _put(self, item: Any) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="prelim-write", daemon=True)
+            self._thread.start()
+        self._writes.put(item)
 
     def close(self) -> None:
-        """Stop the threads and unmap the chunks (every file done with)."""
-        if self._threads:
+        """Stop the thread and unmap the chunks (every file done with)."""
+        if self._thread is not None:
             self._writes.put(None)
-            self._hashes.put(None)
-            for thread in self._threads:
-                thread.join()
-            self._threads = []
+            self._thread.join()
+            self._thread = None
         while True:
             try:
                 self._free.get_nowait()
@@ -201,14 +185,12 @@ class DiskWriter:
                 pass
         self._made.clear()
 
-    def _start(self) -> None:
-        for target, name in ((self._write_loop, "write"), (self._hash_loop, "hash")):
-            thread = threading.Thread(target=target, name=f"prelim-{name}", daemon=True)
-            thread.start()
-            self._threads.append(thread)
-
-    def _write_loop(self) -> None:
-        while (item := self._writes.get()) is not None:
+    def _run(self) -> None:
+        held: Any = _NOTHING  # an item taken from the queue while gathering, not yet done
+        while True:
+            item, held = (self._writes.get(), _NOTHING) if held is _NOTHING else (held, _NOTHING)
+            if item is None:
+                return
             if isinstance(item, threading.Event):
                 item.set()
                 continue
@@ -216,22 +198,27 @@ class DiskWriter:
                 function, args = item
                 function(*args)
                 continue
-            file, chunk, offset, length, hashed = item
-            file._write_chunk(chunk, offset, length)
-            if hashed:
+            # Chunks of the same file already waiting, back to back, go down in
+            # one write: one system call and one disk request for several.
+            file, chunk, offset, length = item
+            batch = [(chunk, length)]
+            end = offset + length
+            while length == CHUNK and len(batch) < _WRITE_BATCH:
+                try:
+                    after = self._writes.get_nowait()
+                except queue.Empty:
+                    break
+                if isinstance(after, tuple) and len(after) == 4:
+                    if after[0] is file and after[2] == end:
+                        _, chunk, _, length = after
+                        batch.append((chunk, length))
+                        end += length
+                        continue
+                held = after
+                break
+            file._write_chunks(batch, offset)
+            for chunk, _ in batch:
                 self._free.put(chunk)
-            else:
-                self._done_with(chunk)
-
-    def _hash_loop(self) -> None:
-        while (item := self._hashes.get()) is not None:
-            if isinstance(item, threading.Event):
-                item.set()
-                continue
-            file, chunk, length = item
-            with memoryview(chunk) as view:
-                file._digest.update(view[:length])
-            self._done_with(chunk)
 
 
 def _ui(tag: int, value: str) -> bytes:
@@ -284,7 +271,7 @@ class IncomingFile:
         self._out = self._fd
         self._writer = writer
         self._own_writer: DiskWriter | None = None
-        self._digest = fingerprint.hasher()  # updated by the hash thread only
+        self._digest = fingerprint.hasher()
         self._head = bytearray()
         self.size = 0
         self._sync: Future[None] | None = None
@@ -295,8 +282,6 @@ class IncomingFile:
         self._offset = 0
         self._error: OSError | None = None
         self._written = False
-        # Whether a chunk went to the hash thread (else the digest is complete here).
-        self._hash_queued = False
         # Set once the file holds every byte at its true length.
         self._readable = threading.Event()
 
@@ -341,7 +326,8 @@ class IncomingFile:
             done += take
             if self._fill == CHUNK:
                 chunk, self._chunk = self._chunk, None
-                writer.submit(self, chunk, self._offset, CHUNK, CHUNK)
+                self._digest.update(chunk)
+                writer.submit(self, chunk, self._offset, CHUNK)
                 self._offset += CHUNK
         self.size += end
         return end
@@ -353,42 +339,45 @@ class IncomingFile:
             self._own_writer = DiskWriter(depth=4)
         return self._own_writer
 
-    def _write_chunk(self, chunk: mmap.mmap, offset: int, length: int) -> None:
-        """On the writer thread: write ``chunk[:length]`` at ``offset``, all of it."""
+    def _write_chunks(self, chunks: list[tuple[mmap.mmap, int]], offset: int) -> None:
+        """On the writer thread: write each ``chunk[:length]``, back to back from ``offset``."""
         if self._error is not None:
             return
-        with memoryview(chunk) as whole:
-            view = whole[:length]
-            try:
-                done = 0
-                while done < length:
-                    try:
-                        done += os.pwrite(self._out, view[done:], offset + done)
-                    except OSError as exc:
-                        if exc.errno != errno.EINVAL or not self._direct:
-                            raise
-                        # Not possible directly here (the file system wants a
-                        # larger alignment, or a short write left us unaligned):
-                        # this file goes on through the page cache.
-                        flags = fcntl.fcntl(self._out, fcntl.F_GETFL)
-                        fcntl.fcntl(self._out, fcntl.F_SETFL, flags & ~_O_DIRECT)
-                        self._direct = False
-                if not self._direct and _sync_file_range is not None:
-                    # A hint only: an error here shows again, and counts, at the fsync.
-                    _sync_file_range(self._out, offset, length, _SYNC_FILE_RANGE_WRITE)
-            except OSError as exc:
-                # Kept without its traceback, whose frames would pin the chunk.
-                self._error = exc.with_traceback(None)
-            finally:
+        views = [memoryview(chunk)[:length] for chunk, length in chunks]
+        total = sum(length for _, length in chunks)
+        try:
+            done = 0
+            while done < total:
+                try:
+                    done += os.pwritev(self._out, _after(views, done), offset + done)
+                except OSError as exc:
+                    if exc.errno != errno.EINVAL or not self._direct:
+                        raise
+                    # Not possible directly here (the file system wants a
+                    # larger alignment, or a short write left us unaligned):
+                    # this file goes on through the page cache.
+                    flags = fcntl.fcntl(self._out, fcntl.F_GETFL)
+                    fcntl.fcntl(self._out, fcntl.F_SETFL, flags & ~_O_DIRECT)
+                    self._direct = False
+            if not self._direct and _sync_file_range is not None:
+                # A hint only: an error here shows again, and counts, at the fsync.
+                _sync_file_range(self._out, offset, total, _SYNC_FILE_RANGE_WRITE)
+        except OSError as exc:
+            # Kept without its traceback, whose frames would pin the chunks.
+            self._error = exc.with_traceback(None)
+        finally:
+            for view in views:
                 view.release()
 
     def _submit_last(self, writer: DiskWriter) -> None:
         """Hand the partly filled last chunk to ``writer``, padded with zeros to the alignment."""
         assert self._chunk is not None
         chunk, self._chunk = self._chunk, None
+        with memoryview(chunk) as view:
+            self._digest.update(view[: self._fill])
         padded = -(-self._fill // ALIGNMENT) * ALIGNMENT
         chunk[self._fill : padded] = bytes(padded - self._fill)
-        writer.submit(self, chunk, self._offset, padded, self._fill)
+        writer.submit(self, chunk, self._offset, padded)
 
     def _write_rest(self, keep: bool = True) -> None:
         """Write the last, partly filled chunk and wait for every write of this file.
@@ -409,9 +398,7 @@ class IncomingFile:
                 writer.release(self._chunk)
                 self._chunk = None
         if self._own_writer is not None:
-            # Its threads end with this file: wait for the hash too.
-            self._own_writer.hashed()
-            self._own_writer.close()
+            self._own_writer.close()  # its thread ends with this file, every chunk written
             self._own_writer = None
         elif writer is not None:
             writer.written()
@@ -423,10 +410,7 @@ class IncomingFile:
             os.ftruncate(self._fd, self.size)  # drop the last chunk's padding
 
     def digest(self) -> str:
-        """The file's fingerprint, ``blake3:<hex>`` (call after ``finish`` or ``close``)."""
-        writer = self._writer or self._own_writer
-        if writer is not None and self._hash_queued:
-            writer.hashed()
+        """The file's fingerprint, ``blake3:<hex>`` (complete after ``finish`` or ``close``)."""
         return fingerprint.label(self._digest.hexdigest())
 
     def finish(self) -> None:

@@ -52,7 +52,7 @@ def test_failed_disk_write_is_out_of_resources(
     def failing(fd: int, data: object, offset: int) -> int:
         raise OSError(errno.EIO, "Input/output error")
 
-    monkeypatch.setattr(os, "pwrite", failing)
+    monkeypatch.setattr(os, "pwritev", failing)
     assoc = _open(listener)
     answer = assoc.send_c_store(_ct(seed=3, size=512))  # more than one chunk
     assert answer.Status == statuses.OUT_OF_RESOURCES

@@ -90,15 +90,16 @@ def test_no_direct_io_at_the_open_falls_back_to_the_page_cache(
 def test_a_write_refused_direct_goes_on_through_the_page_cache(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_pwrite = os.pwrite
+    real_pwritev = os.pwritev
     import fcntl
 
-    def picky(fd: int, data: memoryview, offset: int) -> int:
-        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT and offset >= CHUNK:
+    def picky(fd: int, data: list[memoryview], offset: int) -> int:
+        reaches = offset + sum(len(view) for view in data)
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT and reaches > CHUNK:
             raise OSError(errno.EINVAL, "Invalid argument")
-        return real_pwrite(fd, data, offset)
+        return real_pwritev(fd, data, offset)
 
-    monkeypatch.setattr(os, "pwrite", picky)
+    monkeypatch.setattr(os, "pwritev", picky)
     data = os.urandom(3 * CHUNK + 999)
     file = IncomingFile(tmp_path)
     if not file.direct:
@@ -113,10 +114,10 @@ def test_a_write_refused_direct_goes_on_through_the_page_cache(
 def test_a_failed_write_is_raised_and_the_file_goes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def full(fd: int, data: memoryview, offset: int) -> int:
+    def full(fd: int, data: list[memoryview], offset: int) -> int:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(os, "pwrite", full)
+    monkeypatch.setattr(os, "pwritev", full)
     writer = DiskWriter()
     file = IncomingFile(tmp_path, writer)
     file.write(b"y" * CHUNK)  # the chunk is written on the writer thread
@@ -182,29 +183,22 @@ def test_incoming_file_keeps_head_size_and_digest(tmp_path: Path) -> None:
 
 
 def test_chunks_in_flight_are_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A starved hash thread makes the receiver wait instead of holding every chunk."""
+    """A stalled disk makes the receiver wait instead of holding every chunk in memory."""
     release = threading.Event()
+    real_pwritev = os.pwritev
 
-    class SlowDigest:
-        def __init__(self) -> None:
-            self._digest = blake3.blake3()
+    def stalled(fd: int, data: list[memoryview], offset: int) -> int:
+        release.wait()
+        return real_pwritev(fd, data, offset)
 
-        def update(self, data: memoryview) -> None:
-            release.wait()
-            self._digest.update(data)
-
-        def hexdigest(self) -> str:
-            return self._digest.hexdigest()
-
-    monkeypatch.setattr(incoming.fingerprint, "hasher", SlowDigest)
-    monkeypatch.setattr(incoming, "HASH_INLINE", 0)  # every chunk to the hash thread
+    monkeypatch.setattr(os, "pwritev", stalled)
     writer = DiskWriter(depth=3)
     file = IncomingFile(tmp_path, writer)
     data = bytes(range(256)) * (CHUNK // 256)
     sender = threading.Thread(target=lambda: [file.write(data) for _ in range(6)])
     sender.start()
     sender.join(0.5)
-    assert sender.is_alive()  # three chunks out, none hashed: the fourth waits
+    assert sender.is_alive()  # three chunks out, none written: the fourth waits
     assert len(writer._made) == 3
     release.set()
     sender.join(10)
@@ -212,5 +206,41 @@ def test_chunks_in_flight_are_bounded(tmp_path: Path, monkeypatch: pytest.Monkey
     file.flushed()
     assert file.path.read_bytes() == data * 6
     assert file.digest() == "blake3:" + blake3.blake3(data * 6).hexdigest()
+    file.discard()
+    writer.close()
+
+
+def test_waiting_chunks_go_down_in_one_write_and_short_writes_are_finished(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chunks queued behind a slow write are written together; a short write is completed."""
+    real_pwritev = os.pwritev
+    slow, entered = threading.Event(), threading.Event()
+    calls: list[int] = []
+
+    def recording(fd: int, data: list[memoryview], offset: int) -> int:
+        if not calls:
+            entered.set()
+            slow.wait(5)  # the first write stalls while the next chunks queue up
+        calls.append(sum(len(v) for v in data))
+        if len(calls) == 2:  # the disk takes only part of the second write
+            return real_pwritev(fd, data[:1], offset)
+        return real_pwritev(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwritev", recording)
+    data = os.urandom(6 * CHUNK + 100)
+    writer = DiskWriter()
+    file = IncomingFile(tmp_path, writer)
+    file.write(data[:CHUNK])
+    assert entered.wait(5)
+    file.write(data[CHUNK:])  # five more full chunks wait behind the first
+    file.finish()  # and the last one, padded to a page
+    slow.set()
+    file.flushed()
+    assert file.path.read_bytes() == data
+    assert file.digest() == "blake3:" + blake3.blake3(data).hexdigest()
+    page = incoming.ALIGNMENT
+    assert calls[0] == CHUNK and calls[1] == 5 * CHUNK + page  # one call for the six
+    assert calls[2] == 4 * CHUNK + page  # the rest of the short write
     file.discard()
     writer.close()
