@@ -172,48 +172,40 @@ def measure(name: str, files: list[Path], start: object, root: Path) -> dict[str
 def durable_write_ms(files: list[Path], root: Path, direct: bool) -> float:
     """Median ms to make one instance durable, with nothing else going on.
 
-    The same bytes written to a temp file and fsynced, linked into another
-    folder, the folder fsynced: the disk's share of each answer, which DCMTK's
-    ``storescp`` (no fsync) does not pay. ``direct``: written as the listener
-    writes (``IncomingFile``: direct I/O in aligned chunks); else through the
-    page cache, as a plain receiver would.
+    The same bytes written to a temp file and fsynced, linked into the spool,
+    the folder fsynced (``Spool.place``, ``Spool.sync_folder``): the disk's
+    share of each answer, which DCMTK's ``storescp`` (no fsync) does not pay.
+    ``direct``: written as the listener writes (``IncomingFile``: direct I/O in
+    aligned chunks); else through the page cache, as a plain receiver would.
     """
     from dicom_listener.incoming import DiskWriter, IncomingFile
+    from dicom_listener.spool import Spool
 
-    folder = Path(tempfile.mkdtemp(dir=root))
-    (folder / "in").mkdir()
-    (folder / "out").mkdir()
+    spool = Spool(Path(tempfile.mkdtemp(dir=root)))
     writer = DiskWriter()
     times = []
     for index, path in enumerate(files[:100]):
         data = path.read_bytes()
-        dest = folder / "out" / f"{index}.dcm"
+        relative = f"out/{index}.dcm"
         start = time.perf_counter()
         if direct:
-            incoming = IncomingFile(folder / "in", writer)
+            incoming = IncomingFile(spool.incoming, writer)
             incoming.write(data)
-            incoming.flushed()
-            temp = incoming.path
+            temp, flushed = incoming.path, incoming.flushed
         else:
-            temp = folder / "in" / f"{index}.part"
+            temp, flushed = spool.incoming / f"{index}.part", None  # place fsyncs it
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view) :]
-                os.fsync(fd)
             finally:
                 os.close(fd)
-        os.link(temp, dest)
-        os.unlink(temp)
-        directory = os.open(folder / "out", os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        spool.place(temp, relative, flushed)
+        spool.sync_folder(relative)
         times.append(time.perf_counter() - start)
     writer.close()
-    shutil.rmtree(folder, ignore_errors=True)
+    shutil.rmtree(spool.root, ignore_errors=True)
     return 1000 * statistics.median(times)
 
 

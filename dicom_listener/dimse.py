@@ -161,7 +161,7 @@ class DataPath:
         self._command = bytearray()
         self._command_pdvs: list[tuple[int, bytes]] = []
         self._store: _Store | None = None
-        # Writes and hashes this association's temp files (two threads).
+        # Writes this association's temp files (one thread, chunks reused).
         self._writing = DiskWriter()
         # The next data set's temp file, made on a helper thread while the
         # sender reads our answer (creating a file waits on the journal).

@@ -31,10 +31,6 @@ def label(hexdigest: str) -> str:
     return f"{ALGORITHM}:{hexdigest}"
 
 
-def of_bytes(data: bytes | bytearray | memoryview) -> str:
-    return label(blake3.blake3(data).hexdigest())
-
-
 def of_file(path: Path) -> str:
     digest = hasher()
     with path.open("rb", buffering=0) as f:

@@ -68,9 +68,6 @@ def _load_sync_file_range() -> Any:
 
 _sync_file_range = _load_sync_file_range()
 _SYNC_FILE_RANGE_WRITE = 2
-
-_sync_file_range = _load_sync_file_range()
-_SYNC_FILE_RANGE_WRITE = 2
 # Bytes of the file kept in memory for the header check.
 HEAD_BYTES = 64 * 1024
 # Direct I/O: buffer addresses, file offsets and lengths are multiples of this
@@ -406,8 +403,12 @@ class IncomingFile:
             return
         if self._error is not None:
             raise self._error
-        if os.fstat(self._fd).st_size != self.size:
-            os.ftruncate(self._fd, self.size)  # drop the last chunk's padding
+        self._cut_to_length(self._fd)
+
+    def _cut_to_length(self, fd: int) -> None:
+        """Drop the last chunk's padding (every chunk written)."""
+        if os.fstat(fd).st_size != self.size:
+            os.ftruncate(fd, self.size)
 
     def digest(self) -> str:
         """The file's fingerprint, ``blake3:<hex>`` (complete after ``finish`` or ``close``)."""
@@ -442,8 +443,7 @@ class IncomingFile:
         try:
             if self._error is not None:
                 raise self._error
-            if os.fstat(fd).st_size != self.size:
-                os.ftruncate(fd, self.size)  # drop the last chunk's padding
+            self._cut_to_length(fd)
             self._readable.set()
             os.fsync(fd)
         except OSError as exc:

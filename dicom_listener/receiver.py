@@ -1,10 +1,11 @@
 """Turn a received temp file into a durable, indexed instance, and say which status.
 
 Order, so that 0x0000 always means "on disk and indexed": check free space,
-parse and check the header (while the file's fsync runs), then move the file
-into the spool with a hard link (which fails when the instance is already
-there: a duplicate), and in one transaction index it while its folder is
-fsynced, and commit. A failed commit removes the file again: nothing
+parse and check the header (while the file's fsync runs), then in one
+transaction run the index statements (the instance row's unique key is the
+duplicate check), wait for the file's fsync, move the file into the spool
+with a hard link (which fails when a copy is already there), fsync its
+folder, and commit. A failed commit removes the file again: nothing
 unacknowledged stays indexed or spooled (a crash between the link and the
 commit leaves a complete file that start-up recovery indexes).
 
