@@ -4,8 +4,8 @@ A received data set becomes ``<spool>/.incoming/rx-<random>.part``: the
 128-byte preamble, ``DICM``, the File Meta Information (as pynetdicom writes
 it), then the data set bytes exactly as they arrived. The receiving thread
 copies each fragment into a page-aligned 256 KB chunk; each full chunk is
-added to the file's digest (BLAKE3, ``fingerprint.py``; it releases the GIL)
-and handed to the association's writer thread (``DiskWriter``):
+added to the file's digest (XXH3-128, ``fingerprint.py``) and handed to the
+association's writer thread (``DiskWriter``):
 
 - the writer thread writes the chunks with direct I/O (``O_DIRECT``),
   straight from the chunk to the disk, while the rest of the data set still
@@ -23,8 +23,8 @@ and handed to the association's writer thread (``DiskWriter``):
   waits, so memory stays flat whatever the instance's size.
 
 Hashing on the receiving thread, not a thread of its own, is deliberate: a
-hash thread has to win the GIL for every chunk, and that hand-off cost more
-time than the hash (2 ms per 10 MB).
+hash thread has to win the GIL for every chunk, and that hand-off costs more
+than the hash (5 µs per chunk).
 
 The file's first bytes also stay in memory, so the header check does not read
 them back. ``finish`` hands the last chunk to the writer thread, which then
@@ -411,7 +411,7 @@ class IncomingFile:
             os.ftruncate(fd, self.size)
 
     def digest(self) -> str:
-        """The file's fingerprint, ``blake3:<hex>`` (complete after ``finish`` or ``close``)."""
+        """The file's fingerprint, ``xxh128:<hex>`` (complete after ``finish`` or ``close``)."""
         return fingerprint.label(self._digest.hexdigest())
 
     def finish(self) -> None:

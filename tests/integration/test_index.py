@@ -34,7 +34,7 @@ def _instance(n: int, modality: str = "CT") -> InstanceFields:
         transfer_syntax_uid="1.2.840.10008.1.2.1",
         path=f"abc/{n}.dcm",
         size_bytes=1000 + n,
-        digest=f"blake3:{n:064x}",
+        digest=f"xxh128:{n:032x}",
     )
 
 
@@ -93,7 +93,7 @@ def test_a_duplicate_changes_nothing_and_names_the_kept_copy(database: Database)
     now = datetime(2026, 12, 1, 11, 0, tzinfo=UTC)
     _index(database, STUDY, _instance(1), now)
     resent = InstanceFields(
-        **{**_instance(1).__dict__, "digest": "blake3:" + "f" * 64, "path": "x/1.dcm"}
+        **{**_instance(1).__dict__, "digest": "xxh128:" + "f" * 32, "path": "x/1.dcm"}
     )
     result = _index(database, STUDY, resent, now + timedelta(seconds=1))
     assert result.outcome is Indexed.DUPLICATE

@@ -123,7 +123,7 @@ def _spooled_study(info: dict[str, Any], settings: Any, body: bytes) -> str:
                 transfer_syntax_uid="1.2.840.10008.1.2.1",
                 path=rel,
                 size_bytes=len(body),
-                digest="blake3:" + "0" * 64,
+                digest="xxh128:" + "0" * 32,
                 modality="DX",
             )
         )

@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import blake3
 import pytest
+import xxhash
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.uid import JPEGLSLossless
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from db.tables import Instance, Study
 from dicom_listener.spool import study_folder
@@ -150,7 +150,7 @@ def test_duplicate_is_stored_once_first_copy_kept(
         assert session.scalar(select(Study.instance_count)) == 1
         row = session.scalar(select(Instance))
     assert row is not None
-    assert row.digest == "blake3:" + blake3.blake3(stored.read_bytes()).hexdigest()
+    assert row.digest == "xxh128:" + xxhash.xxh3_128(stored.read_bytes()).hexdigest()
     assert not any(listener.incoming.iterdir())
     said = [r.getMessage() for r in caplog.records if "received again" in r.getMessage()]
     assert len(said) == 1
@@ -158,3 +158,26 @@ def test_duplicate_is_stored_once_first_copy_kept(
         assert "with different bytes" in said[0] and row.digest[:23] in said[0]
     else:
         assert "identical: stored once" in said[0]
+
+
+def test_duplicate_of_an_older_fingerprint_is_not_compared(
+    start: StartListener, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # An index made before XXH3-128 keeps BLAKE3 (or SHA-256) digests: a re-send
+    # of such an instance is stored once, and the two digests are never compared.
+    caplog.set_level(logging.INFO, logger="dicom_listener.receiver")
+    listener = start()
+    ds = make_ct_series(10, slices=1, rows=32, columns=32)[0]
+    path = write_study([ds], tmp_path / "a")[0]
+    assert _send_files(listener, [path]) == [0]
+    older = "blake3:" + "0" * 64
+    with listener.database.sessions() as session, session.begin():
+        session.execute(update(Instance).values(digest=older))
+    assert _send_files(listener, [path]) == [0]
+    said = [r.getMessage() for r in caplog.records if "received again" in r.getMessage()]
+    assert said == [
+        f"instance {ds.SOPInstanceUID} received again: the first copy is kept "
+        "(its digest is blake3, ours xxh128)"
+    ]
+    with listener.database.sessions() as session:
+        assert session.scalar(select(Instance.digest)) == older
