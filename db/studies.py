@@ -28,6 +28,7 @@ from sqlalchemy import Connection, Table, bindparam, case, func, insert, select,
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
+from db.engine import DirectTransaction
 from db.tables import Instance, Study, StudyState
 
 
@@ -191,14 +192,17 @@ class _Compiled:
             if (processor := bind.type.dialect_impl(dialect).bind_processor(dialect)) is not None
         }
 
-    def first(self, conn: Connection, params: dict[str, Any]) -> Any:
+    def first(self, conn: Connection | DirectTransaction, params: dict[str, Any]) -> Any:
         """The first row, or None (the statement's other rows are dropped)."""
         values = self._compiled.construct_params(params)
         for name, processor in self._processors.items():
             if name in values:
                 values[name] = processor(values[name])
         args = values if self._order is None else [values[name] for name in self._order]
-        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        if isinstance(conn, DirectTransaction):
+            cursor = conn.dbapi_connection.cursor()
+        else:
+            cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         try:
             cursor.execute(self.sql, args)
             return cursor.fetchone() if cursor.description else None
@@ -212,7 +216,7 @@ _compiled: weakref.WeakKeyDictionary[Any, dict[int, tuple[Any, _Compiled]]] = (
 )
 
 
-def _first(conn: Connection, statement: Any, params: dict[str, Any]) -> Any:
+def _first(conn: Connection | DirectTransaction, statement: Any, params: dict[str, Any]) -> Any:
     """``conn.execute(statement, params).first()``, on the fast path of ``_Compiled``."""
     known = _compiled.setdefault(conn.dialect, {})
     entry = known.get(id(statement))
@@ -223,7 +227,10 @@ def _first(conn: Connection, statement: Any, params: dict[str, Any]) -> Any:
 
 
 def insert_instance(
-    conn: Connection, study: StudyFields, instance: InstanceFields, now: datetime
+    conn: Connection | DirectTransaction,
+    study: StudyFields,
+    instance: InstanceFields,
+    now: datetime,
 ) -> IndexResult:
     """Index a new instance inside the caller's transaction; the fast path of the listener.
 
@@ -295,9 +302,10 @@ def insert_instance(
         ),
     )
     if inserted is None:
-        kept_digest, kept_key, kept_path = conn.execute(
-            _DUPLICATE, {"b_uid": instance.sop_instance_uid}
-        ).one()
+        kept = _first(conn, _DUPLICATE, {"b_uid": instance.sop_instance_uid})
+        if kept is None:  # pragma: no cover - the INSERT just hit this UID's unique key
+            raise RuntimeError(f"instance {instance.sop_instance_uid} neither new nor indexed")
+        kept_digest, kept_key, kept_path = kept
         return IndexResult(Indexed.DUPLICATE, str(kept_key), str(kept_digest), path=str(kept_path))
     return IndexResult(Indexed.NEW, str(study_key), instance.digest, reopened, instance.path)
 

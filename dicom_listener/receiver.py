@@ -30,7 +30,7 @@ from typing import NamedTuple
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from db.engine import is_sqlite, make_engine
+from db.engine import direct_transaction, is_sqlite, make_engine
 from db.studies import Indexed, InstanceFields, insert_instance
 from dicom_listener import fingerprint, statuses
 from dicom_listener.header import InstanceRejected, read_header, request_priority
@@ -137,11 +137,12 @@ class Receiver:
             # fsynced, and only then does the index commit: an index row never
             # points to a name that a crash could take away. The index's write
             # lock is held across the fsync's end, about a millisecond with
-            # direct writes. Core statements on a bare connection: the ORM's
-            # unit of work cost more than the SQL.
+            # direct writes. Compiled statements in a DBAPI transaction: the
+            # ORM's unit of work, and SQLAlchemy's connection and transaction
+            # objects, cost more than the SQL.
             try:
-                with self.index.connect() as conn, conn.begin() as txn:
-                    result = insert_instance(conn, study, fields, datetime.now(UTC))
+                with direct_transaction(self.index) as txn:
+                    result = insert_instance(txn, study, fields, datetime.now(UTC))
                     if result.outcome is Indexed.DUPLICATE:
                         txn.rollback()  # undo the study row's count: nothing changes
                         self._log_duplicate(uid, result.digest, digest)
