@@ -147,7 +147,7 @@ def test_direct_transaction_commits_rolls_back_and_undoes_a_failed_block(
     with database.sessions() as session:
         assert session.scalar(select(Study.instance_count)) == 1
     # The connections went back to the pool, none left checked out.
-    assert database.engine.pool.checkedout() == 0
+    assert database.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
 
 
 def test_direct_transaction_raises_sqlalchemy_errors_and_drops_the_connection(
@@ -157,7 +157,7 @@ def test_direct_transaction_raises_sqlalchemy_errors_and_drops_the_connection(
         with direct_transaction(database.engine) as txn:
             txn.dbapi_connection.cursor().execute("SELECT no_such_column FROM studies")
     assert isinstance(raised.value.orig, database.engine.dialect.loaded_dbapi.Error)
-    assert database.engine.pool.checkedout() == 0
+    assert database.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
     # The next transaction gets a working connection.
     _index(database, STUDY, _instance(1), datetime(2026, 12, 1, 10, 0, tzinfo=UTC))
     assert _count(database) == 1
