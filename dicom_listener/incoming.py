@@ -13,8 +13,10 @@ association's writer thread (``DiskWriter``):
   buffered file makes the kernel copy every page into its cache and write it
   back page by page at the fsync; on the disk we measured, a durable 10 MB
   instance took 19-26 ms that way and 6-11 ms written directly
-  (``bench/RESULTS.md``). The last chunk is padded to the alignment and the
-  file cut back to its true length. A file system that refuses direct I/O
+  (``bench/RESULTS.md``). The file's last bytes short of a page (direct
+  I/O takes whole pages) are written through the page cache; padding them
+  and cutting the file back to length costs more, as the cut reads that
+  page back from the disk (0.11 ms here). A file system that refuses direct I/O
   (at the open, or for one write) gets the same chunks through the page
   cache, each followed by a request to start writing it back
   (``sync_file_range``);
@@ -89,18 +91,18 @@ def prepare(folder: Path, writer: DiskWriter | None = None) -> Future[IncomingFi
     return in_background(IncomingFile, folder, writer)
 
 
-def _after(views: list[memoryview], skip: int) -> list[memoryview]:
-    """The bytes of ``views`` past the first ``skip`` (what a short write left)."""
-    if not skip:
-        return views
-    rest = []
+def _span(views: list[memoryview], start: int, stop: int) -> list[memoryview]:
+    """The bytes of ``views`` (back to back) from ``start`` to ``stop``, as views."""
+    span = []
+    position = 0
     for view in views:
-        if skip >= len(view):
-            skip -= len(view)
-            continue
-        rest.append(view[skip:])
-        skip = 0
-    return rest
+        end = position + len(view)
+        if end > start:
+            span.append(view[max(start - position, 0) : min(stop, end) - position])
+        position = end
+        if position >= stop:
+            break
+    return span
 
 
 def _fsync_and_close(fd: int) -> None:
@@ -264,8 +266,10 @@ class IncomingFile:
             # No direct I/O on this file system (refused before the file exists).
             self._direct = False
             self._fd = os.open(self.path, flags, 0o600)
-        # The descriptor the writer thread writes to (``_fd`` is -1 once finished).
+        # The descriptor the writer thread writes to (``_fd`` is -1 once
+        # finished), and whether it is still open for direct I/O.
         self._out = self._fd
+        self._out_direct = self._direct
         self._writer = writer
         self._own_writer: DiskWriter | None = None
         self._digest = fingerprint.hasher()
@@ -345,16 +349,25 @@ class IncomingFile:
         try:
             done = 0
             while done < total:
+                stop = total
+                if self._out_direct:
+                    # Direct I/O takes whole pages: the file's last bytes, short
+                    # of a page, go through the page cache (the fsync writes
+                    # them). Padding them to a page instead would need a cut
+                    # back to length, which reads that page back from the disk.
+                    stop -= total % ALIGNMENT
+                    if done == stop:
+                        self._through_cache()
+                        continue
                 try:
-                    done += os.pwritev(self._out, _after(views, done), offset + done)
+                    done += os.pwritev(self._out, _span(views, done, stop), offset + done)
                 except OSError as exc:
-                    if exc.errno != errno.EINVAL or not self._direct:
+                    if exc.errno != errno.EINVAL or not self._out_direct:
                         raise
                     # Not possible directly here (the file system wants a
                     # larger alignment, or a short write left us unaligned):
                     # this file goes on through the page cache.
-                    flags = fcntl.fcntl(self._out, fcntl.F_GETFL)
-                    fcntl.fcntl(self._out, fcntl.F_SETFL, flags & ~_O_DIRECT)
+                    self._through_cache()
                     self._direct = False
             if not self._direct and _sync_file_range is not None:
                 # A hint only: an error here shows again, and counts, at the fsync.
@@ -366,15 +379,20 @@ class IncomingFile:
             for view in views:
                 view.release()
 
+    def _through_cache(self) -> None:
+        """Write the rest of the file through the page cache (clear O_DIRECT)."""
+        if self._out_direct:
+            flags = fcntl.fcntl(self._out, fcntl.F_GETFL)
+            fcntl.fcntl(self._out, fcntl.F_SETFL, flags & ~_O_DIRECT)
+            self._out_direct = False
+
     def _submit_last(self, writer: DiskWriter) -> None:
-        """Hand the partly filled last chunk to ``writer``, padded with zeros to the alignment."""
+        """Hand the partly filled last chunk to ``writer``."""
         assert self._chunk is not None
         chunk, self._chunk = self._chunk, None
         with memoryview(chunk) as view:
             self._digest.update(view[: self._fill])
-        padded = -(-self._fill // ALIGNMENT) * ALIGNMENT
-        chunk[self._fill : padded] = bytes(padded - self._fill)
-        writer.submit(self, chunk, self._offset, padded)
+        writer.submit(self, chunk, self._offset, self._fill)
 
     def _write_rest(self, keep: bool = True) -> None:
         """Write the last, partly filled chunk and wait for every write of this file.
@@ -406,7 +424,7 @@ class IncomingFile:
         self._cut_to_length(self._fd)
 
     def _cut_to_length(self, fd: int) -> None:
-        """Drop the last chunk's padding (every chunk written)."""
+        """Make sure the file ends at its length (every chunk written)."""
         if os.fstat(fd).st_size != self.size:
             os.ftruncate(fd, self.size)
 

@@ -29,7 +29,7 @@ def test_every_length_is_written_exactly(tmp_path: Path, size: int) -> None:
         file.write(piece)
     file.finish()
     file.flushed()
-    assert file.path.read_bytes() == data  # the last chunk's padding is cut off
+    assert file.path.read_bytes() == data
     assert file.size == size
     assert file.digest() == "xxh128:" + xxhash.xxh3_128(data).hexdigest()
     file.discard()
@@ -38,7 +38,7 @@ def test_every_length_is_written_exactly(tmp_path: Path, size: int) -> None:
 
 
 def test_one_writer_serves_files_one_after_another(tmp_path: Path) -> None:
-    """Reused chunks carry nothing of the previous file (padding included)."""
+    """Reused chunks carry nothing of the previous file."""
     writer = DiskWriter(depth=2)
     for size in (CHUNK + 100, 5, 2 * CHUNK):
         data = os.urandom(size)
@@ -52,18 +52,44 @@ def test_one_writer_serves_files_one_after_another(tmp_path: Path) -> None:
     writer.close()
 
 
+def _direct_supported(folder: Path) -> bool:
+    probe = folder / "probe"
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_DIRECT, 0o600))
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.unlink(missing_ok=True)
+
+
 def test_direct_io_is_used_where_the_file_system_has_it(tmp_path: Path) -> None:
     file = IncomingFile(tmp_path)
     file.write(b"x" * 10)
     file.close()
-    probe = tmp_path / "probe"
-    try:
-        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_DIRECT, 0o600))
-        supported = True
-    except OSError:
-        supported = False
-    assert file.direct is supported
+    assert file.direct is _direct_supported(tmp_path)
     assert file.path.read_bytes() == b"x" * 10
+
+
+def test_the_last_bytes_short_of_a_page_need_no_cut_to_length(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """They go through the page cache: no padding, so no ftruncate (which reads the page back)."""
+    cuts: list[int] = []
+    real_ftruncate = os.ftruncate
+    monkeypatch.setattr(os, "ftruncate", lambda fd, n: (cuts.append(n), real_ftruncate(fd, n)))
+    writer = DiskWriter()
+    data = os.urandom(2 * CHUNK + 3 * incoming.ALIGNMENT + 77)
+    file = IncomingFile(tmp_path, writer)
+    file.write(data)
+    file.finish()
+    file.flushed()
+    assert file.path.read_bytes() == data
+    assert file.digest() == "xxh128:" + xxhash.xxh3_128(data).hexdigest()
+    assert file.direct is _direct_supported(tmp_path)
+    assert cuts == []
+    file.discard()
+    writer.close()
 
 
 def test_no_direct_io_at_the_open_falls_back_to_the_page_cache(
@@ -234,13 +260,14 @@ def test_waiting_chunks_go_down_in_one_write_and_short_writes_are_finished(
     file.write(data[:CHUNK])
     assert entered.wait(5)
     file.write(data[CHUNK:])  # five more full chunks wait behind the first
-    file.finish()  # and the last one, padded to a page
+    file.finish()  # and the last one
     slow.set()
     file.flushed()
     assert file.path.read_bytes() == data
     assert file.digest() == "xxh128:" + xxhash.xxh3_128(data).hexdigest()
-    page = incoming.ALIGNMENT
-    assert calls[0] == CHUNK and calls[1] == 5 * CHUNK + page  # one call for the six
-    assert calls[2] == 4 * CHUNK + page  # the rest of the short write
+    assert calls[0] == CHUNK and calls[1] == 5 * CHUNK  # one call for the five
+    assert calls[2] == 4 * CHUNK  # the rest of the short write
+    assert calls[3] == 100  # the last bytes, short of a page, through the page cache
+    assert file.direct is _direct_supported(tmp_path)
     file.discard()
     writer.close()
