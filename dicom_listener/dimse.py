@@ -163,8 +163,10 @@ class DataPath:
         self._store: _Store | None = None
         # Writes this association's temp files (one thread, chunks reused).
         self._writing = DiskWriter()
-        # The next data set's temp file, made on a helper thread while the
-        # sender reads our answer (creating a file waits on the journal).
+        # The next data set's temp file, made on a helper thread once our
+        # answer is sent, while the sender reads it and prepares its next
+        # request (creating a file can take a while: the file system looks
+        # for a free inode). Made earlier, it would compete with the answer.
         self._spare: Future[IncomingFile] | None = None
         # pynetdicom serves the current message: its PDVs go to its DIMSE provider.
         self._passthrough = False
@@ -281,8 +283,6 @@ class DataPath:
             if file is None:
                 status, comment = statuses.OUT_OF_RESOURCES, store.failure
             else:
-                # The next data set's file, made while this one's fsync runs.
-                self._spare = prepare(self.receiver.spool.incoming, self._writing)
                 status, comment = self.receiver.store(
                     file.path,
                     request,
@@ -308,6 +308,8 @@ class DataPath:
             comment,
         )
         self._send(store.context_id, response)
+        if self._spare is None:
+            self._spare = prepare(self.receiver.spool.incoming, self._writing)
 
     def _send(self, context_id: int, command: bytes) -> None:
         peer_max = int(self.dul.assoc.requestor.maximum_length or 0)
