@@ -87,7 +87,7 @@ _NOTHING = object()
 
 
 def prepare(folder: Path, writer: DiskWriter | None = None) -> Future[IncomingFile]:
-    """Create the next temp file on a helper thread (creating one waits on the journal)."""
+    """Create the next temp file on a helper thread (the file system may take a while)."""
     return in_background(IncomingFile, folder, writer)
 
 

@@ -1,0 +1,40 @@
+"""bench.compare: two checkouts' listeners, interleaved, each round's ratio printed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import bench.listener
+from bench import compare
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def test_a_checkout_is_required(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="not a prelim checkout"):
+        compare.starter(str(tmp_path))
+
+
+def test_two_listeners_are_compared_round_by_round(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(bench.listener, "OUT", tmp_path)  # the generated set goes here
+    code = compare.main(
+        [
+            str(ROOT),
+            f"{ROOT}:PRELIM_MAX_PDU=65536",
+            "--count",
+            "4",
+            "--rounds",
+            "2",
+            "--work",
+            str(tmp_path / "work"),
+        ]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    assert out.count("round ") == 2
+    assert "CT x4, 2 rounds: median A" in out and "of 2 rounds above 1" in out
+    assert list((tmp_path / "work").iterdir()) == []  # each run's files removed
