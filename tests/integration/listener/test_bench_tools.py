@@ -1,4 +1,4 @@
-"""bench.compare: two checkouts' listeners, interleaved, each round's ratio printed."""
+"""The listener benches' tools: bench.compare (two checkouts, interleaved) and bench.steps."""
 
 from __future__ import annotations
 
@@ -38,3 +38,22 @@ def test_two_listeners_are_compared_round_by_round(
     assert out.count("round ") == 2
     assert "CT x4, 2 rounds: median A" in out and "of 2 rounds above 1" in out
     assert list((tmp_path / "work").iterdir()) == []  # each run's files removed
+
+
+def test_steps_places_each_step_after_the_last_fragment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bench import steps
+
+    monkeypatch.setattr(bench.listener, "OUT", tmp_path)
+    assert steps.main(["--count", "5", "--work", str(tmp_path / "work")]) == 0
+    out = capsys.readouterr().out
+    assert "instances/s" in out
+    # Every step ran, once per instance on the answering thread.
+    for step in ("header check", "index: statements", "folder fsync", "answer sent"):
+        assert f"| {step} | 5 |" in out
+    assert "w: last write" in out and "the next command, after the answer" in out
+    # The listener's functions are themselves again.
+    from dicom_listener.receiver import read_header
+
+    assert read_header.__name__ == "read_header"
