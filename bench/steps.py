@@ -43,7 +43,7 @@ STEPS = [
     ("db.engine", "DirectTransaction.commit", "index: commit"),
     ("dicom_listener.incoming", "IncomingFile.flushed", "wait for the file's fsync"),
     ("dicom_listener.incoming", "IncomingFile._write_chunks", "w: write"),
-    ("dicom_listener.incoming", "IncomingFile._complete", "w: cut and fsync"),
+    ("dicom_listener.incoming", "IncomingFile._complete", "w: fsync"),
     ("dicom_listener.spool", "Spool.place", "link (after the fsync wait)"),
     ("dicom_listener.spool", "Spool.sync_folder", "folder fsync"),
     ("dicom_listener.dimse", "DataPath._send", "answer sent"),

@@ -6,15 +6,15 @@ also lets anyone check a spool file against the index by hand
 (``xxh128sum FILE``, Debian's ``xxhash`` package).
 
 The hash runs on the receiving thread over every byte of every instance,
-which on a small machine is the listener's bottleneck, so its speed counts:
+which on a small machine is on the listener's critical path, so its speed counts:
 XXH3-128 takes 5 µs per 256 KB here, BLAKE3 44 µs and SHA-256 about 210 µs
-(a 10 MB radiograph: 0.2, 1.7 and 8.3 ms). A CXR set went 9-15 % faster
-than with BLAKE3 in interleaved runs (``bench/RESULTS.md``). It is not a
-cryptographic hash, and nothing here needs one: the digest tells identical
-bytes from accidental differences (a re-send in another transfer syntax, an
-edited copy, a damaged file), and decides nothing else. A re-sent instance is
-answered as stored and its first copy kept whether or not the digests agree,
-so a crafted collision would change one log line.
+(a 10 MB radiograph: 0.2, 1.7 and 8.3 ms). A CXR set went 9 % faster than
+with BLAKE3, the median of six interleaved rounds (``bench/RESULTS.md``). It
+is not a cryptographic hash, and nothing here needs one: the digest tells
+identical bytes from accidental differences (a re-send in another transfer
+syntax, an edited copy, a damaged file), and decides nothing else. A re-sent
+instance is answered as stored and its first copy kept whether or not the
+digests agree, so a crafted collision would change one log line.
 
 The algorithm's name is part of the value, so digests of another kind (``sha256:``
 and ``blake3:``, from an index made by earlier versions) are told apart and never

@@ -30,7 +30,7 @@ than the hash (5 µs per chunk).
 
 The file's first bytes also stay in memory, so the header check does not read
 them back. ``finish`` hands the last chunk to the writer thread, which then
-cuts the file to its length and fsyncs it (by then mostly its metadata), while
+writes it and fsyncs the file (by then mostly its metadata), while
 the caller checks the header (``readable`` waits for the bytes, if it must
 read the file) and prepares the index; storing waits with ``flushed`` before
 moving the file.
@@ -417,23 +417,15 @@ class IncomingFile:
             self._own_writer = None
         elif writer is not None:
             writer.written()
-        if not keep:
-            return
-        if self._error is not None:
+        if keep and self._error is not None:
             raise self._error
-        self._cut_to_length(self._fd)
-
-    def _cut_to_length(self, fd: int) -> None:
-        """Make sure the file ends at its length (every chunk written)."""
-        if os.fstat(fd).st_size != self.size:
-            os.ftruncate(fd, self.size)
 
     def digest(self) -> str:
         """The file's fingerprint, ``xxh128:<hex>`` (complete after ``finish`` or ``close``)."""
         return fingerprint.label(self._digest.hexdigest())
 
     def finish(self) -> None:
-        """No more writes: the last chunk, the cut to length, then the fsync, all in order.
+        """No more writes: the last chunk, then the fsync, in order.
 
         With the association's writer this returns at once: the writer thread
         does it after this file's other chunks, and ``flushed`` raises any
@@ -461,7 +453,6 @@ class IncomingFile:
         try:
             if self._error is not None:
                 raise self._error
-            self._cut_to_length(fd)
             self._readable.set()
             os.fsync(fd)
         except OSError as exc:
