@@ -123,11 +123,10 @@ def report(events: list[Event], instances: int, seconds: float) -> list[str]:
         starts = statistics.median(s for s, _ in spans)
         ends = statistics.median(e for _, e in spans)
         lines.append(f"| {step} | {starts:.0f} | {ends:.0f} |")
-    commands = sorted(start for step, start, _ in events if step == "command")
-    command_ends = sorted(end for step, _, end in events if step == "command")
+    commands = sorted((start, end) for step, start, end in events if step == "command")
     arriving = [
         (f_start - c_end) / 1e3
-        for (f_start, _), c_end in zip(finishes, command_ends, strict=False)
+        for (f_start, _), (_, c_end) in zip(finishes, commands, strict=False)
         if c_end <= f_start
     ]
     if arriving:
@@ -135,7 +134,7 @@ def report(events: list[Event], instances: int, seconds: float) -> list[str]:
             lines.index("| from the last fragment | median start µs | median end µs |") + 2,
             f"| the data set arriving, from its command | {-statistics.median(arriving):.0f} | 0 |",
         )
-    gaps = [(c - f_end) / 1e3 for (_, f_end), c in zip(finishes, commands[1:], strict=False)]
+    gaps = [(c - f_end) / 1e3 for (_, f_end), (c, _) in zip(finishes, commands[1:], strict=False)]
     if gaps:
         lines.append(f"| the next command, after the answer | | {statistics.median(gaps):.0f} |")
     return lines

@@ -18,6 +18,12 @@ def _pieces(data: bytes, step: int) -> list[memoryview]:
     return [memoryview(data)[start : start + step] for start in range(0, len(data), step)]
 
 
+def _assert_holds(file: IncomingFile, data: bytes) -> None:
+    """The file holds exactly ``data``, and its digest is XXH3-128 of those bytes."""
+    assert file.path.read_bytes() == data
+    assert file.digest() == "xxh128:" + xxhash.xxh3_128(data).hexdigest()
+
+
 @pytest.mark.parametrize(
     "size", [0, 1, 4095, 4096, 4097, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK + 12345]
 )
@@ -29,9 +35,8 @@ def test_every_length_is_written_exactly(tmp_path: Path, size: int) -> None:
         file.write(piece)
     file.finish()
     file.flushed()
-    assert file.path.read_bytes() == data
+    _assert_holds(file, data)
     assert file.size == size
-    assert file.digest() == "xxh128:" + xxhash.xxh3_128(data).hexdigest()
     file.discard()
     writer.close()
     assert not any(tmp_path.iterdir())
@@ -46,8 +51,7 @@ def test_one_writer_serves_files_one_after_another(tmp_path: Path) -> None:
         file.write(data)
         file.finish()
         file.flushed()
-        assert file.path.read_bytes() == data
-        assert file.digest() == "xxh128:" + xxhash.xxh3_128(data).hexdigest()
+        _assert_holds(file, data)
         file.discard()
     writer.close()
 
@@ -84,8 +88,7 @@ def test_the_last_bytes_short_of_a_page_need_no_cut_to_length(
     file.write(data)
     file.finish()
     file.flushed()
-    assert file.path.read_bytes() == data
-    assert file.digest() == "xxh128:" + xxhash.xxh3_128(data).hexdigest()
+    _assert_holds(file, data)
     assert file.direct is _direct_supported(tmp_path)
     assert cuts == []
     file.discard()
@@ -109,8 +112,7 @@ def test_no_direct_io_at_the_open_falls_back_to_the_page_cache(
     for piece in _pieces(data, 100_000):
         file.write(piece)
     file.flushed()
-    assert file.path.read_bytes() == data
-    assert file.digest() == "xxh128:" + xxhash.xxh3_128(data).hexdigest()
+    _assert_holds(file, data)
 
 
 def test_a_write_refused_direct_goes_on_through_the_page_cache(
@@ -133,8 +135,7 @@ def test_a_write_refused_direct_goes_on_through_the_page_cache(
     file.write(data)
     file.flushed()
     assert not file.direct
-    assert file.path.read_bytes() == data
-    assert file.digest() == "xxh128:" + xxhash.xxh3_128(data).hexdigest()
+    _assert_holds(file, data)
 
 
 def test_a_failed_write_is_raised_and_the_file_goes(
@@ -185,8 +186,7 @@ def test_own_writer_is_closed_with_the_file(tmp_path: Path) -> None:
     file.write(data)
     file.close()
     assert file._own_writer is None
-    assert file.digest() == "xxh128:" + xxhash.xxh3_128(data).hexdigest()
-    assert file.path.read_bytes() == data
+    _assert_holds(file, data)
 
 
 def test_alignment_is_a_multiple_of_the_disk_block() -> None:
@@ -230,8 +230,7 @@ def test_chunks_in_flight_are_bounded(tmp_path: Path, monkeypatch: pytest.Monkey
     sender.join(10)
     assert not sender.is_alive()
     file.flushed()
-    assert file.path.read_bytes() == data * 6
-    assert file.digest() == "xxh128:" + xxhash.xxh3_128(data * 6).hexdigest()
+    _assert_holds(file, data * 6)
     file.discard()
     writer.close()
 
@@ -263,8 +262,7 @@ def test_waiting_chunks_go_down_in_one_write_and_short_writes_are_finished(
     file.finish()  # and the last one
     slow.set()
     file.flushed()
-    assert file.path.read_bytes() == data
-    assert file.digest() == "xxh128:" + xxhash.xxh3_128(data).hexdigest()
+    _assert_holds(file, data)
     assert calls[0] == CHUNK and calls[1] == 5 * CHUNK  # one call for the five
     assert calls[2] == 4 * CHUNK  # the rest of the short write
     assert calls[3] == 100  # the last bytes, short of a page, through the page cache
