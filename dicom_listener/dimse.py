@@ -163,10 +163,11 @@ class DataPath:
         self._store: _Store | None = None
         # Writes this association's temp files (one thread, chunks reused).
         self._writing = DiskWriter()
-        # The next data set's temp file, made on a helper thread once our
-        # answer is sent, while the sender reads it and prepares its next
-        # request (creating a file can take a while: the file system looks
-        # for a free inode). Made earlier, it would compete with the answer.
+        # The next data set's temp file when the listener has none made
+        # ahead (``TempFiles``): made on a helper thread once our answer is
+        # sent, while the sender reads it and prepares its next request
+        # (creating a file can take a while: the file system looks for a free
+        # inode). Made earlier, it would compete with the answer.
         self._spare: Future[IncomingFile] | None = None
         # pynetdicom serves the current message: its PDVs go to its DIMSE provider.
         self._passthrough = False
@@ -245,16 +246,26 @@ class DataPath:
         )
         store = self._store = _Store(context.context_id, message_id, request, None)
         try:
-            spare, self._spare = self._spare, None
-            if spare is not None and spare.exception() is None:
-                store.file = spare.result()
-            else:  # none made yet, or it failed: this attempt reports why
-                store.file = IncomingFile(self.receiver.spool.incoming, self._writing)
+            store.file = self._temp_file()
             store.file.write_file_meta(
                 request.sop_class_uid, request.sop_instance_uid, str(context.transfer_syntax[0])
             )
         except OSError as exc:
             self._failed(store, exc)
+
+    def _temp_file(self) -> IncomingFile:
+        folder = self.receiver.spool.incoming
+        made = self.receiver.temp_files.take()
+        if made is not None:
+            try:
+                return IncomingFile(folder, self._writing, made=made)
+            except FileNotFoundError:  # removed behind our back: make one
+                pass
+        spare, self._spare = self._spare, None
+        if spare is not None and spare.exception() is None:
+            return spare.result()
+        # None made yet, or it failed: this attempt reports why.
+        return IncomingFile(folder, self._writing)
 
     @staticmethod
     def _failed(store: _Store, exc: OSError) -> None:
@@ -308,7 +319,7 @@ class DataPath:
             comment,
         )
         self._send(store.context_id, response)
-        if self._spare is None:
+        if self._spare is None and not self.receiver.temp_files:
             self._spare = prepare(self.receiver.spool.incoming, self._writing)
 
     def _send(self, context_id: int, command: bytes) -> None:

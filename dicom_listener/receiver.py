@@ -34,6 +34,7 @@ from db.engine import direct_transaction, is_sqlite, make_engine
 from db.studies import Indexed, InstanceFields, insert_instance
 from dicom_listener import fingerprint, statuses
 from dicom_listener.header import InstanceRejected, read_header, request_priority
+from dicom_listener.incoming import TempFiles
 from dicom_listener.spool import Spool
 from prelim.database import Database
 
@@ -58,7 +59,13 @@ class StoreRequest:
 
 
 class Receiver:
-    def __init__(self, database: Database, spool: Spool, min_free_disk_mb: int) -> None:
+    def __init__(
+        self,
+        database: Database,
+        spool: Spool,
+        min_free_disk_mb: int,
+        temp_files: TempFiles | None = None,
+    ) -> None:
         self.database = database
         # The index's commits on SQLite skip the WAL fsync: the spool file is
         # durable (fsync of file and folder) before the commit, and a commit
@@ -75,6 +82,8 @@ class Receiver:
         # Two associations sending the same instance at once must not both
         # place a file at the same path and race for the index.
         self._locks = [threading.Lock() for _ in range(_LOCK_STRIPES)]
+        # Temp files made ahead for the data sets to come (none unless given).
+        self.temp_files = temp_files or TempFiles(spool.incoming, ahead=0)
 
     def store(
         self,
@@ -175,7 +184,8 @@ class Receiver:
         return Outcome(statuses.SUCCESS)
 
     def close(self) -> None:
-        """Release the index's own connections (SQLite)."""
+        """Remove the temp files made ahead; release the index's own connections (SQLite)."""
+        self.temp_files.close()
         if self.index is not self.database.engine:
             self.index.dispose()
 

@@ -21,6 +21,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dicom_listener.assembly import Assembler
 from dicom_listener.handlers import handlers_for
+from dicom_listener.incoming import TempFiles
 from dicom_listener.receiver import Receiver
 from dicom_listener.recovery import recover
 from dicom_listener.security import allowed_calling_titles, tls_context
@@ -100,16 +101,24 @@ def start_listener(
     install_temp_file_hook()
     spool = Spool(settings.resolved_spool_dir)
     recover(spool, database)
-    receiver = Receiver(database, spool, settings.min_free_disk_mb)
+    # Temp files for the first burst are made before the first association.
+    temp_files = TempFiles(spool.incoming, settings.files_ahead)
+    temp_files.fill()
+    temp_files.start()
+    receiver = Receiver(database, spool, settings.min_free_disk_mb, temp_files)
     ae = build_ae(settings)
-    server = ae.make_server(
-        (settings.listener_host, settings.listener_port),
-        ssl_context=tls_context(settings),
-        evt_handlers=handlers_for(receiver, allowed_calling_titles(settings)),
-        server_class=ListenerServer,
-        receiver=receiver,
-        allowed_networks=settings.allowed_networks,
-    )
+    try:
+        server = ae.make_server(
+            (settings.listener_host, settings.listener_port),
+            ssl_context=tls_context(settings),
+            evt_handlers=handlers_for(receiver, allowed_calling_titles(settings)),
+            server_class=ListenerServer,
+            receiver=receiver,
+            allowed_networks=settings.allowed_networks,
+        )
+    except BaseException:  # the port taken, a bad certificate: nothing left behind
+        receiver.close()
+        raise
     thread = threading.Thread(
         target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="prelim-listener"
     )

@@ -81,6 +81,11 @@ class Settings(BaseSettings):
     min_free_disk_mb: int = Field(
         512, ge=0, description="Refuse instances (0xA700) when the spool has less free space."
     )
+    files_ahead: int = Field(
+        512,
+        ge=0,
+        description="Empty temp files the listener makes while idle, for the next burst (0: none).",
+    )
 
     # -- model -------------------------------------------------------------
     model: str = Field(

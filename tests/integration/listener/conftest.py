@@ -48,6 +48,12 @@ class Running:
     def incoming(self) -> Path:
         return self.settings.resolved_spool_dir / ".incoming"
 
+    def leftovers(self) -> list[Path]:
+        """Temp files other than the empty ones made ahead: received data, whole or partial."""
+        found = list(self.incoming.iterdir())  # first: a name made after this is not listed
+        ahead = self.handle.server.receiver.temp_files.ready()
+        return [path for path in found if path not in ahead]
+
 
 def listener_settings(settings: Settings, database: Database | None = None, **kw: Any) -> Settings:
     update: dict[str, Any] = {
@@ -55,6 +61,9 @@ def listener_settings(settings: Settings, database: Database | None = None, **kw
         "listener_port": 0,
         "min_free_disk_mb": 0,
         "stable_age_s": 0.5,
+        # A few made ahead: tests then cover both a file made ahead and one
+        # made when none is left.
+        "files_ahead": 4,
     }
     if database is not None:
         update["database_url"] = database.engine.url.render_as_string(hide_password=False)

@@ -46,7 +46,13 @@ def _wait_port(port: int, process: subprocess.Popen, timeout_s: float = 60) -> N
 
 
 def _listen(data_dir: Path, port: int, log: BinaryIO) -> subprocess.Popen:
-    env = dict(os.environ, PRELIM_MIN_FREE_DISK_MB="0", PRELIM_CONFIG=str(data_dir / "none.toml"))
+    env = dict(
+        os.environ,
+        PRELIM_MIN_FREE_DISK_MB="0",
+        PRELIM_CONFIG=str(data_dir / "none.toml"),
+        # Fewer than a round sends: files made ahead and files made on the way both.
+        PRELIM_FILES_AHEAD="32",
+    )
     env.pop("PREFECT_API_URL", None)
     return subprocess.Popen(
         [
@@ -121,12 +127,18 @@ def test_kill_9_during_transfer_loses_nothing_acknowledged(
         if sender.assoc is not None and sender.assoc.dul.socket is not None:
             sender.assoc.dul.socket.close()
     # Restart: recovery runs, then every acknowledged instance is there and decodes.
+    spool = data_dir / "spool"
+    before = set((spool / ".incoming").iterdir())  # partial files, and files made ahead
+    assert before
     port = _free_port()
     process = _listen(data_dir, port, log)
     try:
         _wait_port(port, process)
-        spool = data_dir / "spool"
-        assert not any((spool / ".incoming").iterdir())
+        # Every temp file of the killed listeners is gone; what is there now
+        # was made ahead by this one: empty.
+        after = set((spool / ".incoming").iterdir())
+        assert not before & after
+        assert all(path.stat().st_size == 0 for path in after)
         database = open_database(settings.model_copy(update={"data_dir": data_dir}))
         with database.sessions() as session:
             indexed = {row.sop_instance_uid: row.path for row in session.scalars(select(Instance))}

@@ -10,7 +10,7 @@ from pynetdicom.pdu_primitives import P_DATA
 from sqlalchemy import func, select
 
 from db.tables import Instance
-from dicom_listener import handlers
+from dicom_listener import handlers, incoming
 from prelim.synthetic import make_ct_series
 from tests.integration.listener.conftest import (
     Running,
@@ -63,7 +63,7 @@ def test_store_on_the_verification_context_is_left_to_pynetdicom(listener: Runni
     wait_until(lambda: _count(listener) == 1)
     assoc.release()
     assert _count(listener) == 1
-    assert not any(listener.incoming.iterdir())
+    assert not listener.leftovers()
 
 
 def test_data_before_its_command_aborts_and_leaves_nothing(listener: Running) -> None:
@@ -77,7 +77,7 @@ def test_data_before_its_command_aborts_and_leaves_nothing(listener: Running) ->
     assert aborted.wait(10)
     wait_until(lambda: not listener.handle.ae.active_associations)
     assert not listener.handle.ae.active_associations
-    assert not any(listener.incoming.iterdir())
+    assert not listener.leftovers()
     assert _count(listener) == 0
 
 
@@ -96,7 +96,7 @@ def test_raw_pdu_watchers_get_pynetdicoms_own_path(listener: Running) -> None:
     assert int(good_status.Status) == 0 and short_status == 0xC213
     assert len(seen) >= 4
     assert _count(listener) == 1
-    assert not any(listener.incoming.iterdir())
+    assert not listener.leftovers()
 
 
 def test_cut_off_data_set_leaves_no_temp_file(listener: Running) -> None:
@@ -106,12 +106,12 @@ def test_cut_off_data_set_leaves_no_temp_file(listener: Running) -> None:
     fragments = list(request_fragments(assoc, request, assoc.accepted_contexts[0].context_id))
     for pdata in fragments[:2]:  # the command and the first data fragment
         assoc.dul.send_pdu(pdata)
-    wait_until(lambda: any(listener.incoming.iterdir()))
+    wait_until(lambda: listener.leftovers())
     assoc.release()  # a release in the middle of a data set ends the association
     wait_until(
-        lambda: not any(listener.incoming.iterdir()) and not listener.handle.ae.active_associations
+        lambda: not listener.leftovers() and not listener.handle.ae.active_associations
     )
-    assert not any(listener.incoming.iterdir())
+    assert not listener.leftovers()
     assert _count(listener) == 0
 
 
@@ -132,7 +132,7 @@ def test_garbage_p_data_aborts_and_the_listener_carries_on(listener: Running) ->
         assoc.dul.socket.send(struct.pack(">BBL", 0x04, 0, len(body)) + body)
         assert aborted.wait(10)
     wait_until(lambda: not listener.handle.ae.active_associations)
-    assert not any(listener.incoming.iterdir())
+    assert not listener.leftovers()
     assert _count(listener) == 0
     good = associate(listener.port, [(CT, [EXPLICIT])])
     assert int(good.send_c_store(_ct(9)).Status) == 0
@@ -166,3 +166,35 @@ def test_a_header_longer_than_the_kept_head_is_read_from_the_finished_file(
     stored = next(listener.settings.resolved_spool_dir.rglob("*.dcm"))
     back = dcmread(stored)
     assert back.SOPInstanceUID == ds.SOPInstanceUID and back[0x00091011].value == bytes(300_000)
+
+
+def test_instances_go_into_files_made_ahead_then_into_new_ones(listener: Running) -> None:
+    """The listener's files made ahead are used first; past them, and when one has been
+    removed behind its back, each data set gets a new file; quiet again, the stock is made."""
+    temp_files = listener.handle.server.receiver.temp_files
+    ahead = temp_files.ready()
+    assert len(ahead) == 4  # listener_settings: files_ahead=4
+    gone = sorted(ahead)[0]
+    gone.unlink()  # an operator cleaning the folder, say
+    created: list[str] = []
+    real_init = incoming.IncomingFile.__init__
+
+    def watched(self: incoming.IncomingFile, folder, writer=None, made=None) -> None:
+        real_init(self, folder, writer, made)
+        created.append("made ahead" if made is not None else "new")
+
+    import pytest
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(incoming.IncomingFile, "__init__", watched)
+        assoc = associate(listener.port, [(CT, [EXPLICIT])])
+        statuses = [int(assoc.send_c_store(_ct(100 + i)).Status) for i in range(6)]
+        assoc.release()
+    assert statuses == [0] * 6 and _count(listener) == 6
+    assert "made ahead" in created and "new" in created
+    stored = {path.name for path in listener.settings.resolved_spool_dir.glob("*/*.dcm")}
+    assert len(stored) == 6
+    assert not listener.leftovers()
+    wait_until(lambda: len(temp_files) == 4)  # made again once nothing arrives
+    assert all(path.stat().st_size == 0 for path in temp_files.ready())
+    assert not ahead & temp_files.ready()

@@ -39,7 +39,7 @@ def test_disk_full_is_out_of_resources(start: StartListener) -> None:
     assoc = _open(listener)
     assert assoc.send_c_store(_ct()).Status == statuses.OUT_OF_RESOURCES == 0xA700
     assoc.release()
-    assert not any(listener.incoming.iterdir())
+    assert not listener.leftovers()
 
 
 def test_failed_disk_write_is_out_of_resources(
@@ -60,7 +60,7 @@ def test_failed_disk_write_is_out_of_resources(
     monkeypatch.undo()
     assert assoc.send_c_store(_ct(seed=4)).Status == statuses.SUCCESS
     assoc.release()
-    assert not any(listener.incoming.iterdir())
+    assert not listener.leftovers()
 
 
 @pytest.mark.postgres
@@ -134,7 +134,7 @@ def test_missing_uids_and_short_pixels_are_cannot_understand(listener: Running) 
     ]
     assoc.release()
     assert results == [0xC212, 0xC212, 0xC213, 0xC210, 0x0000]
-    assert not any(listener.incoming.iterdir())
+    assert not listener.leftovers()
 
 
 def _malformed(ds, rng: random.Random) -> list[tuple[str, bytes]]:
@@ -178,7 +178,7 @@ def test_malformed_requests_are_answered_never_success(listener: Running) -> Non
     assert not [name for name, status in answered.items() if status == 0x0000], answered
     assert all(status >> 12 in (0xA, 0xC) for status in answered.values()), answered
     assert final == 0x0000
-    assert not any(listener.incoming.iterdir())
+    assert not listener.leftovers()
 
 
 def test_cut_off_transfer_leaves_no_temp_file(listener: Running) -> None:
@@ -195,9 +195,9 @@ def test_cut_off_transfer_leaves_no_temp_file(listener: Running) -> None:
             break
     assoc.abort()
     wait_until(
-        lambda: not any(listener.incoming.iterdir()) and not listener.handle.ae.active_associations
+        lambda: not listener.leftovers() and not listener.handle.ae.active_associations
     )
-    assert not any(listener.incoming.iterdir())
+    assert not listener.leftovers()
 
 
 def request_fragments(assoc, request, context_id):
@@ -235,4 +235,4 @@ def test_handler_bug_is_a_failure_never_success(
     # The association and the listener survive the bug: the next instance is stored.
     assert assoc.send_c_store(_ct(seed=8)).Status == statuses.SUCCESS
     assoc.release()
-    assert not any(listener.incoming.iterdir())
+    assert not listener.leftovers()

@@ -92,7 +92,7 @@ def test_every_transfer_syntax_is_stored_bit_preserving(listener: Running, tmp_p
         assert stored_bytes[_dataset_offset(stored) :] == sent_bytes[sent_offset:]
         if "PixelData" in original and sent.name not in UNDECODABLE_HERE:
             assert (back.pixel_array == original.pixel_array).all()
-    assert not any(listener.incoming.iterdir())
+    assert not listener.leftovers()
 
 
 def _dataset_offset(path: Path) -> int:
@@ -151,7 +151,7 @@ def test_duplicate_is_stored_once_first_copy_kept(
         row = session.scalar(select(Instance))
     assert row is not None
     assert row.digest == "xxh128:" + xxhash.xxh3_128(stored.read_bytes()).hexdigest()
-    assert not any(listener.incoming.iterdir())
+    assert not listener.leftovers()
     said = [r.getMessage() for r in caplog.records if "received again" in r.getMessage()]
     assert len(said) == 1
     if differ:

@@ -269,3 +269,73 @@ def test_waiting_chunks_go_down_in_one_write_and_short_writes_are_finished(
     assert file.direct is _direct_supported(tmp_path)
     file.discard()
     writer.close()
+
+
+def test_temp_files_made_ahead_are_empty_and_taken_in_order(tmp_path: Path) -> None:
+    ahead = incoming.TempFiles(tmp_path, ahead=3)
+    assert ahead.fill() == 3 and len(ahead) == 3
+    names = sorted(ahead.ready())
+    assert sorted(tmp_path.iterdir()) == names
+    assert all(path.stat().st_size == 0 for path in names)
+    taken = [ahead.take() for _ in range(3)]
+    assert sorted(taken) == names and ahead.take() is None  # none left: the caller makes one
+    assert not ahead.ready()
+    ahead.close()
+    assert sorted(tmp_path.iterdir()) == names  # taken files are the takers' to remove
+
+
+def test_close_removes_the_files_not_taken(tmp_path: Path) -> None:
+    ahead = incoming.TempFiles(tmp_path, ahead=4)
+    ahead.fill()
+    kept = ahead.take()
+    ahead.close()
+    assert list(tmp_path.iterdir()) == [kept]
+
+
+def test_a_file_made_ahead_is_written_like_a_new_one(tmp_path: Path) -> None:
+    ahead = incoming.TempFiles(tmp_path, ahead=1)
+    ahead.fill()
+    made = ahead.take()
+    assert made is not None
+    writer = DiskWriter()
+    data = os.urandom(2 * CHUNK + 5000)
+    file = IncomingFile(tmp_path, writer, made=made)
+    assert file.path == made and file.direct is _direct_supported(tmp_path)
+    file.write(data)
+    file.finish()
+    file.flushed()
+    _assert_holds(file, data)
+    file.discard()
+    writer.close()
+    assert not any(tmp_path.iterdir())
+    with pytest.raises(FileNotFoundError):  # removed behind our back: the caller makes one
+        IncomingFile(tmp_path, made=made)
+
+
+def test_files_are_made_again_only_once_the_listener_is_quiet(tmp_path: Path) -> None:
+    """Takes in a burst are not answered with creates on the way; the refill waits for quiet."""
+    import time
+
+    ahead = incoming.TempFiles(tmp_path, ahead=4, quiet_s=0.3)
+    ahead.fill()
+    ahead.start()
+    try:
+        started = time.monotonic()
+        for _ in range(3):
+            ahead.take()
+        time.sleep(0.1)
+        if time.monotonic() - started < 0.25:  # still inside the quiet time
+            assert len(ahead) == 1
+        deadline = time.monotonic() + 10
+        while len(ahead) < 4 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(ahead) == 4
+        assert len(list(tmp_path.iterdir())) == 4 + 3
+    finally:
+        ahead.close()
+
+
+def test_no_folder_means_no_files_ahead(tmp_path: Path) -> None:
+    ahead = incoming.TempFiles(tmp_path / "missing", ahead=2)
+    assert ahead.fill() == 0 and ahead.take() is None
+    ahead.close()
