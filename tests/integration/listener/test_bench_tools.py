@@ -57,3 +57,18 @@ def test_steps_places_each_step_after_the_last_fragment(
     from dicom_listener.receiver import read_header
 
     assert read_header.__name__ == "read_header"
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_the_durable_floor_is_measured_and_leaves_nothing(tmp_path: Path, direct: bool) -> None:
+    """bench.listener's "one instance made durable alone", both ways, on a few small files."""
+    files = []
+    for index in range(3):
+        path = tmp_path / f"{index}.dcm"
+        path.write_bytes(bytes([index]) * (300_000 + index))
+        files.append(path)
+    work = tmp_path / "work"
+    work.mkdir()
+    milliseconds = bench.listener.durable_write_ms(files, work, direct)
+    assert 0 < milliseconds < 10_000
+    assert list(work.iterdir()) == []
