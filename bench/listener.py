@@ -294,8 +294,9 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(
             f"{label}: making one instance durable alone (write, fsync, link, folder fsync) "
             f"takes {direct:.2f} ms written directly into a file made ahead, as prelim does "
-            f"({buffered:.2f} ms created and written through the page cache); DCMTK takes {dcmtk_ms:.2f} ms per instance, so a receiver that "
-            f"adds only that to DCMTK's time reaches {dcmtk_ms / (dcmtk_ms + direct):.2f}x"
+            f"({buffered:.2f} ms created and written through the page cache); DCMTK takes "
+            f"{dcmtk_ms:.2f} ms per instance, so a receiver that adds only that to DCMTK's "
+            f"time reaches {dcmtk_ms / (dcmtk_ms + direct):.2f}x"
         )
     if huge and ours_huge:
         lines.append("")

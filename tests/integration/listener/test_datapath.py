@@ -108,9 +108,7 @@ def test_cut_off_data_set_leaves_no_temp_file(listener: Running) -> None:
         assoc.dul.send_pdu(pdata)
     wait_until(lambda: listener.leftovers())
     assoc.release()  # a release in the middle of a data set ends the association
-    wait_until(
-        lambda: not listener.leftovers() and not listener.handle.ae.active_associations
-    )
+    wait_until(lambda: not listener.leftovers() and not listener.handle.ae.active_associations)
     assert not listener.leftovers()
     assert _count(listener) == 0
 

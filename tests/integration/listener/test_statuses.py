@@ -194,9 +194,7 @@ def test_cut_off_transfer_leaves_no_temp_file(listener: Running) -> None:
         if sent == 3:
             break
     assoc.abort()
-    wait_until(
-        lambda: not listener.leftovers() and not listener.handle.ae.active_associations
-    )
+    wait_until(lambda: not listener.leftovers() and not listener.handle.ae.active_associations)
     assert not listener.leftovers()
 
 
