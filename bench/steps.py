@@ -32,7 +32,7 @@ Event = tuple[str, int, int]  # (step, start ns, end ns)
 # Steps not placed after the last fragment: the bounds themselves, and the
 # temp file (opened with the command; or, with none made ahead, created after
 # the answer for the next data set).
-_NOT_PLACED = {"finish", "command", "temp file opened (made ahead) or created"}
+_NOT_PLACED = {"finish", "command", "temp file opened or created"}
 
 # (module, attribute path, step name). Steps on the writer thread start with "w:".
 STEPS = [
@@ -48,7 +48,7 @@ STEPS = [
     ("dicom_listener.spool", "Spool.place", "link (after the fsync wait)"),
     ("dicom_listener.spool", "Spool.sync_folder", "folder fsync"),
     ("dicom_listener.dimse", "DataPath._send", "answer sent"),
-    ("dicom_listener.incoming", "IncomingFile.__init__", "temp file opened (made ahead) or created"),
+    ("dicom_listener.incoming", "IncomingFile.__init__", "temp file opened or created"),
 ]
 
 

@@ -28,7 +28,9 @@ removed.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import struct
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -259,8 +261,9 @@ class DataPath:
         if made is not None:
             try:
                 return IncomingFile(folder, self._writing, made=made)
-            except FileNotFoundError:  # removed behind our back: make one
-                pass
+            except OSError:  # removed behind our back, say: drop it and make one
+                with contextlib.suppress(OSError):
+                    os.unlink(made)
         spare, self._spare = self._spare, None
         if spare is not None and spare.exception() is None:
             return spare.result()

@@ -167,13 +167,16 @@ def test_a_header_longer_than_the_kept_head_is_read_from_the_finished_file(
 
 
 def test_instances_go_into_files_made_ahead_then_into_new_ones(listener: Running) -> None:
-    """The listener's files made ahead are used first; past them, and when one has been
-    removed behind its back, each data set gets a new file; quiet again, the stock is made."""
+    """The listener's files made ahead are used first; past them, and in place of one
+    removed or spoiled behind its back, a data set gets a new file; quiet again, the
+    stock is made."""
     temp_files = listener.handle.server.receiver.temp_files
     ahead = temp_files.ready()
     assert len(ahead) == 4  # listener_settings: files_ahead=4
-    gone = sorted(ahead)[0]
+    gone, spoiled = sorted(ahead)[:2]
     gone.unlink()  # an operator cleaning the folder, say
+    spoiled.unlink()
+    spoiled.mkdir()  # something that cannot be opened as a file
     created: list[str] = []
     real_init = incoming.IncomingFile.__init__
 
@@ -192,7 +195,8 @@ def test_instances_go_into_files_made_ahead_then_into_new_ones(listener: Running
     assert "made ahead" in created and "new" in created
     stored = {path.name for path in listener.settings.resolved_spool_dir.glob("*/*.dcm")}
     assert len(stored) == 6
-    assert not listener.leftovers()
+    assert listener.leftovers() == [spoiled]  # not ours to remove
+    spoiled.rmdir()
     wait_until(lambda: len(temp_files) == 4)  # made again once nothing arrives
     assert all(path.stat().st_size == 0 for path in temp_files.ready())
     assert not ahead & temp_files.ready()
