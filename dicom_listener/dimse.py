@@ -322,7 +322,7 @@ class DataPath:
             comment,
         )
         self._send(store.context_id, response)
-        if self._spare is None and not self.receiver.temp_files:
+        if self._spare is None and len(self.receiver.temp_files) == 0:
             self._spare = prepare(self.receiver.spool.incoming, self._writing)
 
     def _send(self, context_id: int, command: bytes) -> None:

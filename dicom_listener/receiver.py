@@ -83,7 +83,7 @@ class Receiver:
         # place a file at the same path and race for the index.
         self._locks = [threading.Lock() for _ in range(_LOCK_STRIPES)]
         # Temp files made ahead for the data sets to come (none unless given).
-        self.temp_files = temp_files or TempFiles(spool.incoming, ahead=0)
+        self.temp_files = temp_files if temp_files is not None else TempFiles(spool.incoming, 0)
 
     def store(
         self,

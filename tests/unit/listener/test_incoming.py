@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ import xxhash
 
 from dicom_listener import incoming
 from dicom_listener.incoming import CHUNK, DiskWriter, IncomingFile
+from prelim.settings import Settings
 
 
 def _pieces(data: bytes, step: int) -> list[memoryview]:
@@ -314,8 +316,6 @@ def test_a_file_made_ahead_is_written_like_a_new_one(tmp_path: Path) -> None:
 
 def test_files_are_made_again_only_once_the_listener_is_quiet(tmp_path: Path) -> None:
     """Takes in a burst are not answered with creates on the way; the refill waits for quiet."""
-    import time
-
     ahead = incoming.TempFiles(tmp_path, ahead=4, quiet_s=0.3)
     ahead.fill()
     ahead.start()
@@ -339,3 +339,30 @@ def test_no_folder_means_no_files_ahead(tmp_path: Path) -> None:
     ahead = incoming.TempFiles(tmp_path / "missing", ahead=2)
     assert ahead.fill() == 0 and ahead.take() is None
     ahead.close()
+
+
+def test_a_receiver_keeps_the_temp_files_it_is_given_even_when_none_are_ready(
+    tmp_path: Path, settings: Settings
+) -> None:
+    """None made yet (a full disk at start, say): the receiver still uses, and closes, these."""
+    from dicom_listener.receiver import Receiver
+    from dicom_listener.spool import Spool
+    from prelim.database import open_database
+
+    spool = Spool(tmp_path / "spool")
+    ahead = incoming.TempFiles(spool.incoming, ahead=2)
+    ahead.start()
+    assert len(ahead) == 0
+    database = open_database(settings)
+    try:
+        receiver = Receiver(database, spool, 0, ahead)
+        assert receiver.temp_files is ahead
+        ahead.take()  # wakes the refill: two files made once quiet
+        deadline = time.monotonic() + 10
+        while len(ahead) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(ahead) == 2
+        receiver.close()
+        assert ahead._thread is None and not any(spool.incoming.iterdir())
+    finally:
+        database.dispose()
