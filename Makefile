@@ -35,6 +35,7 @@ test: $(STAMP) system-deps
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy prelim db dicom_listener flows models review bench
 
 clean:

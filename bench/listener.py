@@ -225,8 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         "--memory-work",
         type=Path,
         default=Path("/dev/shm/prelim-bench"),
-        help="a tmpfs folder: prelim is measured there too, where fsync costs nothing "
-        "('' to skip)",
+        help="a tmpfs folder: prelim is measured there too, where fsync costs nothing ('' to skip)",
     )
     args = parser.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)

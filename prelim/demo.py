@@ -119,10 +119,7 @@ def summary_table(studies: list[DemoStudy], rows: dict[str, Study], database: An
         for study in studies:
             row = rows[study.uid]
             draft = session.scalar(
-                select(Draft)
-                .where(Draft.study_id == row.id)
-                .order_by(Draft.id.desc())
-                .limit(1)
+                select(Draft).where(Draft.study_id == row.id).order_by(Draft.id.desc()).limit(1)
             )
             text = "-"
             flags = "-"

@@ -36,7 +36,11 @@ def test_loopback_and_redirect_targets() -> None:
 
 def test_labels_and_formats() -> None:
     assert [priority_label(p) for p in (3, 2, 1, 0, -1)] == [
-        "STAT", "STAT", "Urgent", "Routine", "Low",
+        "STAT",
+        "STAT",
+        "Urgent",
+        "Routine",
+        "Low",
     ]
     assert _dicom_date("19700131") == "1970-01-31" and _dicom_date(None) == "—"
     assert _person("Doe^Jane^^Dr") == "DOE, Jane" and _person("Smith") == "SMITH"
