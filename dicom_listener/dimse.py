@@ -165,6 +165,9 @@ class DataPath:
         self._store: _Store | None = None
         # Writes this association's temp files (one thread, chunks reused).
         self._writing = DiskWriter()
+        # Linked into the spool before their fsync, where that one fsync also
+        # makes the name durable (``spool.py``).
+        self._seal = receiver.spool.names_durable_with_file
         # The next data set's temp file when the listener has none made
         # ahead (``TempFiles``): made on a helper thread once our answer is
         # sent, while the sender reads it and prepares its next request
@@ -260,7 +263,7 @@ class DataPath:
         made = self.receiver.temp_files.take()
         if made is not None:
             try:
-                return IncomingFile(folder, self._writing, made=made)
+                return IncomingFile(folder, self._writing, made=made, seal=self._seal)
             except OSError:  # removed behind our back, say: drop it and make one
                 with contextlib.suppress(OSError):
                     os.unlink(made)
@@ -268,7 +271,7 @@ class DataPath:
         if spare is not None and spare.exception() is None:
             return spare.result()
         # None made yet, or it failed: this attempt reports why.
-        return IncomingFile(folder, self._writing)
+        return IncomingFile(folder, self._writing, seal=self._seal)
 
     @staticmethod
     def _failed(store: _Store, exc: OSError) -> None:
@@ -305,6 +308,7 @@ class DataPath:
                     size=file.size,
                     flushed=file.flushed,
                     ready=file.readable,
+                    sealed=file.sealed,
                 )
         except Exception:
             log.exception("C-STORE failed for instance %s", request.sop_instance_uid)
@@ -323,7 +327,7 @@ class DataPath:
         )
         self._send(store.context_id, response)
         if self._spare is None and len(self.receiver.temp_files) == 0:
-            self._spare = prepare(self.receiver.spool.incoming, self._writing)
+            self._spare = prepare(self.receiver.spool.incoming, self._writing, self._seal)
 
     def _send(self, context_id: int, command: bytes) -> None:
         peer_max = int(self.dul.assoc.requestor.maximum_length or 0)

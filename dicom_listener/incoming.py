@@ -35,6 +35,12 @@ writes it and fsyncs the file (by then mostly its metadata), while
 the caller checks the header (``readable`` waits for the bytes, if it must
 read the file) and prepares the index; storing waits with ``flushed`` before
 moving the file.
+
+A file made with ``seal`` (for a spool on a file system where one fsync of
+a linked file also makes its new name durable: ``spool.py``) is instead
+given its fingerprint as an extended attribute at ``finish``, and the
+writer thread only writes: the caller links it into the spool first, and
+``flushed`` then fsyncs it, bytes, inode and name at once.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ import collections
 import ctypes
 import errno
 import fcntl
+import functools
 import mmap
 import os
 import queue
@@ -58,7 +65,7 @@ from typing import Any
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 
 from dicom_listener import fingerprint
-from dicom_listener.spool import in_background
+from dicom_listener.spool import DIGEST_XATTR, in_background
 
 
 def _load_sync_file_range() -> Any:
@@ -98,9 +105,11 @@ _QUIET_S = 0.05
 _AHEAD_BATCH = 16
 
 
-def prepare(folder: Path, writer: DiskWriter | None = None) -> Future[IncomingFile]:
+def prepare(
+    folder: Path, writer: DiskWriter | None = None, seal: bool = False
+) -> Future[IncomingFile]:
     """Create the next temp file on a helper thread (the file system may take a while)."""
-    return in_background(IncomingFile, folder, writer)
+    return in_background(functools.partial(IncomingFile, folder, writer, seal=seal))
 
 
 class TempFiles:
@@ -370,11 +379,17 @@ class IncomingFile:
     """A write-only temp file in ``folder`` (see the module docstring).
 
     ``writer`` is the association's ``DiskWriter``; without one the file has
-    a writer of its own, for its lifetime.
+    a writer of its own, for its lifetime. ``seal``: with that writer, the
+    file is given its fingerprint at ``finish`` and fsynced by ``flushed``,
+    after the caller has linked it (the module docstring).
     """
 
     def __init__(
-        self, folder: Path, writer: DiskWriter | None = None, made: Path | None = None
+        self,
+        folder: Path,
+        writer: DiskWriter | None = None,
+        made: Path | None = None,
+        seal: bool = False,
     ) -> None:
         # ``made``: an empty file made ahead (``TempFiles``), opened instead of created.
         self.path = made if made is not None else folder / _temp_name()
@@ -401,6 +416,11 @@ class IncomingFile:
         self._head = bytearray()
         self.size = 0
         self._sync: Future[None] | None = None
+        # Sealed (once finished): the descriptor kept open after the writes,
+        # for ``flushed``'s fsync.
+        self._seal = seal and writer is not None
+        self.sealed = False
+        self._held = -1
         # The chunk being filled, how full it is and its offset in the file;
         # the first write error (raised by the next write, or by finish).
         self._chunk: mmap.mmap | None = None
@@ -571,22 +591,33 @@ class IncomingFile:
         sync: Future[None] = Future()
         fd, self._fd = self._fd, -1
         self._sync = sync
-        self._writer.call(self._complete, fd, sync)
+        seal = self.digest() if self._seal else None
+        if seal is not None:
+            self.sealed = True
+            self._held = fd  # fsynced and closed by ``flushed``
+        self._writer.call(self._complete, fd, sync, seal)
 
-    def _complete(self, fd: int, sync: Future[None]) -> None:
-        # On the writer thread, after every chunk of this file.
+    def _complete(self, fd: int, sync: Future[None], seal: str | None) -> None:
+        # On the writer thread, after every chunk of this file (and not on the
+        # receiving thread: the attribute waits for the inode, which a direct
+        # write holds). A file system that refuses it fails the store.
+        fsync = seal is None
         try:
             if self._error is not None:
                 raise self._error
             self._readable.set()
-            os.fsync(fd)
+            if seal is None:
+                os.fsync(fd)
+            else:
+                os.setxattr(fd, DIGEST_XATTR, seal.encode("ascii"))
         except OSError as exc:
             sync.set_exception(exc.with_traceback(None))
         else:
             sync.set_result(None)
         finally:
             self._readable.set()
-            os.close(fd)
+            if fsync:
+                os.close(fd)
 
     def readable(self) -> None:
         """Wait until the file holds every byte (for reading it back; not yet durable)."""
@@ -594,10 +625,28 @@ class IncomingFile:
         self._readable.wait()
 
     def flushed(self) -> None:
-        """Wait until the file is on disk; raises the fsync's OSError."""
+        """Wait until the file is on disk; raises the write's or the fsync's OSError.
+
+        A sealed file is fsynced here, on the calling thread, once its
+        writes are done: after its link, that one fsync makes its new name
+        durable too (on the file systems where ``seal`` is used).
+        """
         self.finish()
         assert self._sync is not None
-        self._sync.result()
+        fd, self._held = self._held, -1
+        if fd < 0:
+            self._sync.result()
+            return
+        try:
+            self._sync.result()
+            os.fsync(fd)
+        except OSError as exc:
+            failed: Future[None] = Future()
+            failed.set_exception(exc.with_traceback(None))
+            self._sync = failed  # raised again by a later call
+            raise
+        finally:
+            os.close(fd)
 
     def close(self, keep: bool = True) -> None:
         """Write the rest (unless not ``keep``) and close the descriptor (idempotent).
@@ -606,6 +655,9 @@ class IncomingFile:
         """
         if self._sync is not None:
             self._sync.exception()  # wait; an error was or will be reported by flushed()
+            fd, self._held = self._held, -1
+            if fd >= 0:  # sealed, never fsynced: not stored
+                os.close(fd)
         elif self._fd >= 0:
             try:
                 self._write_rest(keep)

@@ -5,9 +5,12 @@ parse and check the header (while the file's fsync runs), then in one
 transaction run the index statements (the instance row's unique key is the
 duplicate check), wait for the file's fsync, move the file into the spool
 with a hard link (which fails when a copy is already there), fsync its
-folder, and commit. A failed commit removes the file again: nothing
-unacknowledged stays indexed or spooled (a crash between the link and the
-commit leaves a complete file that start-up recovery indexes).
+folder, and commit. On ext4 a sealed file (one that carries its
+fingerprint, ``incoming.py``) is linked first and then fsynced, which makes
+its bytes and its new name durable with one flush of the disk (``spool.py``).
+A failed commit removes the file again: nothing unacknowledged stays indexed
+or spooled (a crash between the link and the commit leaves a file that
+start-up recovery indexes if it is complete, and sets aside if not).
 
 Duplicates: the same SOP Instance UID received again is stored once. When its
 bytes are identical the copy is dropped. When they differ (a re-send in another
@@ -95,6 +98,7 @@ class Receiver:
         size: int | None = None,
         flushed: Callable[[], None] | None = None,
         ready: Callable[[], None] | None = None,
+        sealed: bool = False,
     ) -> Outcome:
         """Store the instance in ``temp`` (consumed or left for the caller to delete).
 
@@ -104,6 +108,9 @@ class Receiver:
         and ``ready`` for the file to hold every byte (before it is read).
         ``digest`` is the file's fingerprint (``fingerprint.py``), or a function
         that waits for it (called after the header check, which it overlaps).
+        ``sealed``: ``temp`` carries its fingerprint (``spool.DIGEST_XATTR``)
+        and ``flushed`` does its fsync, so on a spool where that fsync also
+        makes a new name durable it is linked first and fsynced once.
         """
         uid = request.sop_instance_uid
         if self.spool.free_mb() < self.min_free_disk_mb:
@@ -157,9 +164,16 @@ class Receiver:
                         self._log_duplicate(uid, result.digest, digest)
                         return Outcome(statuses.SUCCESS)
                     try:
-                        placed = self.spool.place(temp, relative, flushed)
-                        if placed is not None:
-                            self.spool.sync_folder(relative)
+                        if sealed and flushed is not None and self.spool.names_durable_with_file:
+                            # Bytes, inode and new name written, then one flush.
+                            placed = self.spool.link(temp, relative)
+                            if placed is not None:
+                                flushed()
+                                self.spool.settle_folder(relative)
+                        else:
+                            placed = self.spool.place(temp, relative, flushed)
+                            if placed is not None:
+                                self.spool.sync_folder(relative)
                     except OSError as exc:
                         txn.rollback()
                         if placed is not None:

@@ -100,6 +100,13 @@ def start_listener(
     _config.STORE_RECV_CHUNKED_DATASET = True
     install_temp_file_hook()
     spool = Spool(settings.resolved_spool_dir)
+    log.info(
+        "spool %s: each instance %s",
+        spool.root,
+        "linked, then fsynced with its new name (one flush)"
+        if spool.names_durable_with_file
+        else "fsynced, linked, then its folder fsynced",
+    )
     recover(spool, database)
     # Temp files for the first burst are made before the first association.
     temp_files = TempFiles(spool.incoming, settings.files_ahead)

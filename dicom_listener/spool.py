@@ -6,10 +6,31 @@ exists, and carrying no identifier). Temp files live in ``<spool>/.incoming``
 on the same file system, so moving one into place is atomic: a hard link,
 which fails when the instance is already there, then an unlink of the temp
 name.
+
+Two orders make a received file durable under its spool name:
+
+- anywhere: fsync the temp file, link it into place, fsync the folder (two
+  flushes of the disk's cache, one after the other);
+- on ext4 (``names_durable_with_file``): link it into place first, then one
+  fsync of the file, which writes its bytes, its inode and, with them, the
+  folder's block that holds its new name, then flushes the disk's cache
+  once. ext4 does this: without a journal its fsync of a file with a new
+  name also writes that name's folder (``ext4_sync_parent``), and with one
+  the link is in the journal transaction that the fsync commits. What that
+  leaves of the folder is its own inode, changed only in its times unless
+  the folder has grown (a new study's folder, or a new block every fifty
+  names or so); ``settle_folder`` fsyncs a folder whenever its size has
+  changed since its last fsync, so the guarantee does not depend on how a
+  kernel writes a grown folder's inode. Before that single flush a crash
+  can leave the name on disk without all the bytes; such a file was never
+  acknowledged, and so that start-up recovery can tell, the file carries
+  its fingerprint (``DIGEST_XATTR``, written with its inode) before it is
+  linked: recovery compares it with the bytes.
 """
 
 from __future__ import annotations
 
+import collections
 import errno
 import hashlib
 import logging
@@ -30,6 +51,14 @@ INCOMING = ".incoming"
 # errno values of a file system that cannot make hard links.
 _NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.EXDEV}
 QUARANTINE = ".quarantine"
+# The fingerprint (``fingerprint.py`` label) of a file linked into the spool
+# before its fsync, as an extended attribute: it lets recovery tell a file
+# cut off by a crash from a stored one.
+DIGEST_XATTR = "user.prelim.digest"
+# File systems whose fsync of a file also makes its new names durable (above).
+_NAMES_WITH_FILE = {"ext4"}
+# Study folders whose size at their last fsync is remembered (``settle_folder``).
+_SETTLED_FOLDERS = 4096
 # How long a look at the free disk space is trusted.
 FREE_SPACE_AGE_S = 0.05
 
@@ -56,6 +85,55 @@ def fsync_path(path: Path, directory: bool = False) -> None:
         os.close(fd)
 
 
+def file_system_type(path: Path, mountinfo: Path = Path("/proc/self/mountinfo")) -> str | None:
+    """The type of the file system that holds ``path`` (``ext4``, ``xfs``...), None if unknown.
+
+    Looked up in ``/proc/self/mountinfo`` by device number, so a bind mount
+    or a symlinked folder is no trap.
+    """
+    try:
+        device = os.stat(path).st_dev
+        lines = mountinfo.read_text().splitlines()
+    except OSError:
+        return None
+    wanted = f"{os.major(device)}:{os.minor(device)}"
+    for line in lines:
+        fields = line.split()
+        # ID, parent ID, major:minor, root, mount point, options, [optional...], -, type, ...
+        if len(fields) > 7 and fields[2] == wanted and "-" in fields[6:]:
+            return fields[fields.index("-", 6) + 1]
+    return None
+
+
+def names_durable_with_file(folder: Path) -> bool:
+    """Whether files in ``folder`` can be linked first and fsynced once (module docstring).
+
+    The file system must make a file's new names durable with its fsync, and
+    take the fingerprint attribute (tried on a file made and removed here).
+    """
+    if file_system_type(folder) not in _NAMES_WITH_FILE:
+        return False
+    probe = folder / f"probe-{os.getpid()}-{threading.get_ident()}.part"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.setxattr(fd, DIGEST_XATTR, b"probe")
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError:
+        return False
+    return True
+
+
+def recorded_digest(path: Path) -> str | None:
+    """The fingerprint a file was given before it was linked into the spool, if any."""
+    try:
+        return os.getxattr(path, DIGEST_XATTR).decode("ascii", "replace")
+    except OSError:  # none (stored in the other order), or no extended attributes here
+        return None
+
+
 def study_folder(study_instance_uid: str) -> str:
     return hashlib.sha256(study_instance_uid.encode()).hexdigest()[:32]
 
@@ -73,6 +151,11 @@ class Spool:
         self.incoming = root / INCOMING
         self.incoming.mkdir(parents=True, exist_ok=True)
         self._free: tuple[float, float] | None = None  # (when, MB)
+        # Link first, then one fsync of the file (module docstring).
+        self.names_durable_with_file = names_durable_with_file(self.incoming)
+        # Study folder -> (inode, size) when last fsynced (the most recent few thousand).
+        self._settled: collections.OrderedDict[Path, tuple[int, int]] = collections.OrderedDict()
+        self._settled_lock = threading.Lock()
 
     def relative_path(self, study_instance_uid: str, sop_instance_uid: str) -> str:
         return f"{study_folder(study_instance_uid)}/{_safe_name(sop_instance_uid)}.dcm"
@@ -101,16 +184,23 @@ class Spool:
         """fsync ``temp`` and move it to ``relative``; None if a file is already there.
 
         ``flushed``, when given, waits for an fsync of ``temp`` already under
-        way (``IncomingFile.flushed``) instead of starting one. The move is a
-        hard link and an unlink, which, unlike a rename, never replaces a file
-        already in place (the first copy of an instance is the one kept). The
-        new name is durable once its folder is fsynced (``sync_folder``).
+        way (``IncomingFile.flushed``) instead of starting one. The new name
+        is durable once its folder is fsynced (``sync_folder``).
         """
-        dest = self.root / relative
         if flushed is None:
             fsync_path(temp)
         else:
             flushed()
+        return self.link(temp, relative)
+
+    def link(self, temp: Path, relative: str) -> Path | None:
+        """Move ``temp`` to ``relative`` as it is (no fsync); None if a file is already there.
+
+        The move is a hard link and an unlink, which, unlike a rename, never
+        replaces a file already in place (the first copy of an instance is
+        the one kept).
+        """
+        dest = self.root / relative
         folder = dest.parent
         if not folder.is_dir():
             folder.mkdir(parents=True, exist_ok=True)
@@ -134,6 +224,29 @@ class Spool:
     def sync_folder(self, relative: str) -> None:
         """fsync the folder of ``relative``: the names placed there are durable."""
         fsync_path((self.root / relative).parent, directory=True)
+
+    def settle_folder(self, relative: str) -> bool:
+        """After a linked file's fsync: fsync its folder too if it has grown; whether it did.
+
+        A folder whose inode and size are those of its last fsync here has
+        only new times to write, which no name depends on. A new folder, or
+        one grown by a block, is fsynced (module docstring). The size is read
+        before the fsync, which covers at least that much.
+        """
+        folder = (self.root / relative).parent
+        status = os.stat(folder)
+        seen = (status.st_ino, status.st_size)
+        with self._settled_lock:
+            if self._settled.get(folder) == seen:
+                self._settled.move_to_end(folder)
+                return False
+        fsync_path(folder, directory=True)
+        with self._settled_lock:
+            self._settled[folder] = seen
+            self._settled.move_to_end(folder)
+            while len(self._settled) > _SETTLED_FOLDERS:
+                self._settled.popitem(last=False)
+        return True
 
     def discard(self, relative: str) -> None:
         """Remove a committed file whose indexing failed (it was never acknowledged)."""

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import threading
 
+import pytest
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import evt
 from pynetdicom.pdu_primitives import P_DATA
 from sqlalchemy import func, select
 
 from db.tables import Instance
-from dicom_listener import handlers, incoming
+from dicom_listener import fingerprint, handlers, incoming
+from dicom_listener.spool import recorded_digest
 from prelim.synthetic import make_ct_series
 from tests.integration.listener.conftest import (
     Running,
@@ -180,8 +182,8 @@ def test_instances_go_into_files_made_ahead_then_into_new_ones(listener: Running
     created: list[str] = []
     real_init = incoming.IncomingFile.__init__
 
-    def watched(self: incoming.IncomingFile, folder, writer=None, made=None) -> None:
-        real_init(self, folder, writer, made)
+    def watched(self: incoming.IncomingFile, folder, writer=None, made=None, **kw) -> None:
+        real_init(self, folder, writer, made, **kw)
         created.append("made ahead" if made is not None else "new")
 
     import pytest
@@ -200,3 +202,44 @@ def test_instances_go_into_files_made_ahead_then_into_new_ones(listener: Running
     wait_until(lambda: len(temp_files) == 4)  # made again once nothing arrives
     assert all(path.stat().st_size == 0 for path in temp_files.ready())
     assert not ahead & temp_files.ready()
+
+
+def _stored(listener: Running) -> dict[str, tuple[str, str]]:
+    """Each indexed instance's spool path and digest."""
+    with listener.database.sessions() as session:
+        return {
+            row.sop_instance_uid: (row.path, row.digest)
+            for row in session.scalars(select(Instance))
+        }
+
+
+@pytest.mark.parametrize("linked_first", [True, False])
+def test_each_instance_is_made_durable_in_the_order_its_file_system_allows(
+    listener: Running, monkeypatch: pytest.MonkeyPatch, linked_first: bool
+) -> None:
+    """On ext4 a file is sealed (its fingerprint on it), linked, then fsynced once and
+    no folder is fsynced; elsewhere it is fsynced, linked, and its folder fsynced."""
+    spool = listener.handle.server.receiver.spool
+    if linked_first and not spool.names_durable_with_file:
+        pytest.skip("the spool is not on ext4")
+    monkeypatch.setattr(spool, "names_durable_with_file", linked_first)
+    calls: list[str] = []
+    for name in ("link", "place", "sync_folder", "settle_folder"):
+        real = getattr(spool, name)
+        monkeypatch.setattr(
+            spool, name, lambda *a, _real=real, _name=name: calls.append(_name) or _real(*a)
+        )
+    assoc = associate(listener.port, [(CT, [EXPLICIT])])  # after the patch: a new DataPath
+    sent = [_ct(300 + i) for i in range(3)]
+    assert [int(assoc.send_c_store(ds).Status) for ds in sent] == [0, 0, 0]
+    assoc.release()
+    # (``place`` is the fsync, then ``link``.)
+    each = ["link", "settle_folder"] if linked_first else ["place", "link", "sync_folder"]
+    assert calls == each * 3
+    stored = _stored(listener)
+    for ds in sent:
+        path, digest = stored[ds.SOPInstanceUID]
+        file = spool.root / path
+        assert fingerprint.of_file(file) == digest
+        assert recorded_digest(file) == (digest if linked_first else None)
+    assert listener.leftovers() == []

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,7 +17,14 @@ from dicom_listener.header import (
     read_header,
     request_priority,
 )
-from dicom_listener.spool import Spool, study_folder
+from dicom_listener.spool import (
+    DIGEST_XATTR,
+    Spool,
+    file_system_type,
+    names_durable_with_file,
+    recorded_digest,
+    study_folder,
+)
 from prelim.synthetic import make_ct_series, make_cxr_study, write_study
 
 
@@ -69,3 +79,83 @@ def test_synthetic_is_deterministic_and_sized() -> None:
     ct = make_ct_series(5, slices=3, rows=32, columns=32)
     assert [float(d.SliceLocation) for d in ct] == [-300.0, -297.5, -295.0]
     assert ct[0].pixel_array.shape == (32, 32) and ct[0].RescaleIntercept == -1024
+
+
+def _mountinfo(tmp_path: Path, device: str, fstype: str) -> Path:
+    path = tmp_path / "mountinfo"
+    path.write_text(
+        "22 1 0:5 / /proc rw,nosuid - proc proc rw\n"
+        f"27 1 {device} / / rw,relatime shared:1 - {fstype} /dev/vda rw,discard\n"
+    )
+    return path
+
+
+def test_the_file_system_is_found_by_device_number(tmp_path: Path) -> None:
+    device = os.stat(tmp_path).st_dev
+    own = f"{os.major(device)}:{os.minor(device)}"
+    assert file_system_type(tmp_path, _mountinfo(tmp_path, own, "xfs")) == "xfs"
+    assert file_system_type(tmp_path, _mountinfo(tmp_path, "999:999", "xfs")) is None
+    assert file_system_type(tmp_path, tmp_path / "absent") is None
+    assert file_system_type(tmp_path / "absent", _mountinfo(tmp_path, own, "xfs")) is None
+
+
+def test_only_ext4_links_first_and_its_probe_leaves_nothing(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    assert spool.names_durable_with_file == (file_system_type(tmp_path) == "ext4")
+    assert not any(spool.incoming.iterdir())
+    if Path("/dev/shm").is_dir():
+        shm = Path(tempfile.mkdtemp(dir="/dev/shm"))
+        try:
+            assert file_system_type(shm) == "tmpfs" and not names_durable_with_file(shm)
+        finally:
+            shutil.rmtree(shm)
+
+
+def test_link_moves_without_replacing_and_the_fingerprint_is_read_back(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    temp = spool.incoming / "rx-1.part"
+    temp.write_bytes(b"first")
+    relative = spool.relative_path("1.2.3", "1.2.3.5")
+    assert recorded_digest(temp) is None
+    os.setxattr(temp, DIGEST_XATTR, b"xxh128:00ff")
+    placed = spool.link(temp, relative)
+    assert placed == spool.root / relative and not temp.exists()
+    assert recorded_digest(placed) == "xxh128:00ff"
+    other = spool.incoming / "rx-2.part"
+    other.write_bytes(b"second")
+    assert spool.link(other, relative) is None and other.exists()
+    assert placed.read_bytes() == b"first"
+
+
+def test_a_folder_is_fsynced_again_only_once_it_has_grown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``settle_folder``: a new study folder, and one grown by a block, are fsynced; a
+    folder whose size is that of its last fsync is not (only its times changed)."""
+    from dicom_listener import spool as spool_module
+
+    spool = Spool(tmp_path / "spool")
+    synced: list[Path] = []
+    real = spool_module.fsync_path
+    monkeypatch.setattr(
+        spool_module,
+        "fsync_path",
+        lambda path, directory=False: synced.append(path) or real(path, directory),
+    )
+    grew = []
+    for index in range(200):
+        temp = spool.incoming / f"rx-{index}.part"
+        temp.write_bytes(b"d")
+        relative = spool.relative_path("1.2.3", f"1.2.826.0.1.3680043.8.498.{index:030d}")
+        folder = (spool.root / relative).parent
+        before = folder.stat().st_size if folder.exists() else None
+        assert spool.link(temp, relative) is not None
+        after = folder.stat().st_size
+        synced.clear()
+        settled = spool.settle_folder(relative)
+        assert settled == (after != before)
+        assert synced == ([folder] if settled else [])
+        if settled:
+            grew.append(index)
+    assert grew[0] == 0 and len(grew) >= 3  # the new folder, then each block it grew by
+    assert not spool.settle_folder(relative)

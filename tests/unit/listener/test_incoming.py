@@ -366,3 +366,80 @@ def test_a_receiver_keeps_the_temp_files_it_is_given_even_when_none_are_ready(
         assert ahead._thread is None and not any(spool.incoming.iterdir())
     finally:
         database.dispose()
+
+
+def _open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.parametrize("size", [0, 4097, 2 * CHUNK + 5])
+def test_a_sealed_file_carries_its_fingerprint_and_is_fsynced_by_flushed(
+    tmp_path: Path, size: int
+) -> None:
+    """Sealed: the writer thread only writes and sets the fingerprint attribute; the
+    descriptor stays open until ``flushed`` fsyncs and closes it (after a link, say)."""
+    data = os.urandom(size)
+    writer = DiskWriter()
+    before = _open_descriptors()
+    file = IncomingFile(tmp_path, writer, seal=True)
+    file.write(data)
+    file.finish()
+    assert file.sealed
+    file.readable()
+    linked = tmp_path / "linked.dcm"
+    os.link(file.path, linked)  # what the receiver does before the fsync
+    assert _open_descriptors() == before + 1  # held for the fsync
+    file.flushed()
+    assert _open_descriptors() == before
+    file.flushed()  # again: nothing more to do, no error
+    _assert_holds(file, data)
+    assert os.getxattr(linked, incoming.DIGEST_XATTR).decode() == file.digest()
+    file.discard()
+    writer.close()
+    assert [path.name for path in tmp_path.iterdir()] == ["linked.dcm"]
+
+
+def test_a_sealed_file_never_fsynced_is_closed_by_discard(tmp_path: Path) -> None:
+    writer = DiskWriter()
+    before = _open_descriptors()
+    file = IncomingFile(tmp_path, writer, seal=True)
+    file.write(b"x" * 5000)
+    file.finish()
+    file.discard()  # refused after the data set ended: not stored
+    writer.close()
+    assert _open_descriptors() == before and not any(tmp_path.iterdir())
+
+
+def test_without_its_writer_a_file_is_not_sealed(tmp_path: Path) -> None:
+    file = IncomingFile(tmp_path, seal=True)  # pynetdicom's own receive path
+    file.write(b"y" * 100)
+    file.finish()
+    file.flushed()
+    assert not file.sealed
+    with pytest.raises(OSError):
+        os.getxattr(file.path, incoming.DIGEST_XATTR)
+    file.discard()
+
+
+def test_a_refused_fingerprint_fails_the_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file system that refuses the attribute (after the start-up probe said yes)
+    fails the file like a failed write: ``flushed`` raises, so the answer is 0xA700."""
+
+    def refuse(*args: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(incoming.os, "setxattr", refuse)
+    writer = DiskWriter()
+    file = IncomingFile(tmp_path, writer, seal=True)
+    file.write(b"z" * 10_000)
+    file.finish()
+    with pytest.raises(OSError) as raised:
+        file.flushed()
+    assert raised.value.errno == errno.ENOSPC
+    with pytest.raises(OSError):
+        file.flushed()  # and again: the failure stays
+    file.discard()
+    writer.close()
+    assert not any(tmp_path.iterdir())
