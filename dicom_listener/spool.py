@@ -77,7 +77,7 @@ def in_background(function: Callable[..., T], *args: Any) -> Future[T]:
     return _helpers.submit(function, *args)
 
 
-def fsync_path(path: Path, directory: bool = False) -> None:
+def fsync_path(path: str | Path, directory: bool = False) -> None:
     fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
     try:
         os.fsync(fd)
@@ -154,7 +154,8 @@ class Spool:
         # Link first, then one fsync of the file (module docstring).
         self.names_durable_with_file = names_durable_with_file(self.incoming)
         # Study folder -> (inode, size) when last fsynced (the most recent few thousand).
-        self._settled: collections.OrderedDict[Path, tuple[int, int]] = collections.OrderedDict()
+        self._root = str(root)
+        self._settled: collections.OrderedDict[str, tuple[int, int]] = collections.OrderedDict()
         self._settled_lock = threading.Lock()
 
     def relative_path(self, study_instance_uid: str, sop_instance_uid: str) -> str:
@@ -233,7 +234,8 @@ class Spool:
         one grown by a block, is fsynced (module docstring). The size is read
         before the fsync, which covers at least that much.
         """
-        folder = (self.root / relative).parent
+        # Plain strings: this runs once per instance, and Path objects cost more than the stat.
+        folder = os.path.join(self._root, relative.rpartition("/")[0])
         status = os.stat(folder)
         seen = (status.st_ino, status.st_size)
         with self._settled_lock:
