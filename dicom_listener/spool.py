@@ -134,6 +134,10 @@ def recorded_digest(path: Path) -> str | None:
         return None
 
 
+def _link_count(status: os.stat_result) -> int:
+    return status.st_nlink
+
+
 def study_folder(study_instance_uid: str) -> str:
     return hashlib.sha256(study_instance_uid.encode()).hexdigest()[:32]
 
@@ -258,15 +262,56 @@ class Spool:
             pass
 
     def remove_orphans(self) -> int:
-        """Delete temp files left by a crash or a broken association; how many."""
+        """Delete temp files left by a crash or a broken association; how many.
+
+        A temp name that is also a stored file's (the same inode: the power
+        went between the link into the spool and the write of the temp folder
+        that dropped the name) is kept when its link count says 1. On a file
+        system without a journal that count can be one short until a file
+        system check (``e2fsck``) mends it, and removing the name would then
+        free the stored instance; a count of 2 is right, and the name goes.
+        """
         count = 0
+        suspects: dict[int, Path] = {}
         for path in self.incoming.iterdir():
             try:
-                path.unlink()
-                count += 1
-            except OSError as exc:
-                log.warning("cannot remove orphan temp file %s: %s", path.name, exc)
+                status = path.lstat()
+            except FileNotFoundError:
+                continue
+            if status.st_size > 0 and _link_count(status) < 2:
+                suspects[status.st_ino] = path  # a partial file, or a stored one's name?
+                continue
+            count += self._remove_orphan(path)
+        stored = self._stored_inodes(set(suspects)) if suspects else set()
+        for inode, path in suspects.items():
+            if inode in stored:
+                log.warning(
+                    "temp file %s is also the name of a stored instance with a link count"
+                    " of 1: kept (check the file system with e2fsck)",
+                    path.name,
+                )
+            else:
+                count += self._remove_orphan(path)
         return count
+
+    @staticmethod
+    def _remove_orphan(path: Path) -> int:
+        try:
+            path.unlink()
+            return 1
+        except OSError as exc:
+            log.warning("cannot remove orphan temp file %s: %s", path.name, exc)
+            return 0
+
+    def _stored_inodes(self, wanted: set[int]) -> set[int]:
+        """Which of the inode numbers ``wanted`` a spool file has (one pass, no stat calls)."""
+        found: set[int] = set()
+        for folder in os.scandir(self.root):
+            if folder.name.startswith(".") or not folder.is_dir(follow_symlinks=False):
+                continue
+            with os.scandir(folder.path) as entries:
+                found.update(entry.inode() for entry in entries if entry.inode() in wanted)
+        return found
 
     def files(self) -> Iterator[str]:
         """Relative paths of every spooled instance."""

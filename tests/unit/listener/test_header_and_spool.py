@@ -159,3 +159,30 @@ def test_a_folder_is_fsynced_again_only_once_it_has_grown(
             grew.append(index)
     assert grew[0] == 0 and len(grew) >= 3  # the new folder, then each block it grew by
     assert not spool.settle_folder(relative)
+
+
+def test_a_temp_name_of_a_stored_file_is_kept_while_its_link_count_is_short(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a power cut on ext4 without a journal, a stored instance can keep its temp
+    name too while its inode says one link: removing that name would free the instance."""
+    from dicom_listener import spool as spool_module
+
+    spool = Spool(tmp_path / "spool")
+    relative = spool.relative_path("1.2.3", "1.2.3.9")
+    stored = spool.root / relative
+    stored.parent.mkdir()
+    stored.write_bytes(b"stored instance")
+    second_name = spool.incoming / "rx-linked.part"
+    os.link(stored, second_name)
+    (spool.incoming / "rx-partial.part").write_bytes(b"partial")
+    (spool.incoming / "rx-ahead.part").touch()
+    # A right count (2): the temp name goes like any other.
+    assert spool.remove_orphans() == 3 and not any(spool.incoming.iterdir())
+    assert stored.read_bytes() == b"stored instance"
+    # A count one short, as a crash can leave it: the name is kept, the others go.
+    os.link(stored, second_name)
+    (spool.incoming / "rx-partial.part").write_bytes(b"partial")
+    monkeypatch.setattr(spool_module, "_link_count", lambda status: 1)
+    assert spool.remove_orphans() == 1
+    assert [path.name for path in spool.incoming.iterdir()] == ["rx-linked.part"]
