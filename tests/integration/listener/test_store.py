@@ -34,6 +34,7 @@ FILES = [
 ]
 # Files whose pixels no installed decoder reads (12-bit JPEG extended); their bytes are compared.
 UNDECODABLE_HERE = {"JPEG-lossy.dcm"}
+CT_CLASS = "1.2.840.10008.5.1.4.1.1.2"
 
 
 def _path(name: str) -> Path:
@@ -181,3 +182,38 @@ def test_duplicate_of_an_older_fingerprint_is_not_compared(
     ]
     with listener.database.sessions() as session:
         assert session.scalar(select(Instance.digest)) == older
+
+
+def _offered(listener: Running) -> list[tuple[str, list[str], object, object]]:
+    return [
+        (str(cx.abstract_syntax), [str(ts) for ts in cx.transfer_syntax], cx.scu_role, cx.scp_role)
+        for cx in listener.handle.server.contexts
+    ]
+
+
+def test_associations_negotiate_on_the_servers_contexts_and_leave_them_as_they_were(
+    listener: Running,
+) -> None:
+    """Each association gets the server's presentation contexts themselves (no deep
+    copy); two negotiating different transfer syntaxes for one SOP class each get
+    their own result, and the contexts offered afterwards are unchanged."""
+    import copy
+
+    server = listener.handle.server
+    before = _offered(listener)
+    shared = copy.deepcopy(server.contexts)
+    assert all(a is b for a, b in zip(shared, server.contexts, strict=True))
+    ct = make_ct_series(61, slices=1, rows=16, columns=16)[0]
+    explicit = associate(listener.port, [(CT_CLASS, ["1.2.840.10008.1.2.1"])])
+    implicit = associate(listener.port, [(CT_CLASS, ["1.2.840.10008.1.2"])])
+    try:
+        accepted = [
+            [str(cx.transfer_syntax[0]) for cx in assoc.accepted_contexts]
+            for assoc in (explicit, implicit)
+        ]
+        assert accepted == [["1.2.840.10008.1.2.1"], ["1.2.840.10008.1.2"]]
+        assert int(explicit.send_c_store(ct).Status) == 0x0000
+    finally:
+        explicit.release()
+        implicit.release()
+    assert _offered(listener) == before
