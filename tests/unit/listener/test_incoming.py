@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import threading
@@ -176,8 +177,11 @@ def test_discard_before_the_end_writes_nothing_more(tmp_path: Path) -> None:
     file.write(b"a" * (CHUNK + 10))
     file.discard()
     assert not file.path.exists()
-    assert len(writer._made) == 2  # both chunks came back
-    assert writer.buffer() in writer._made and writer.buffer() in writer._made
+    assert writer._handed == 2 and writer._region is not None
+    chunks = writer._region.chunks
+    again = [writer.buffer(), writer.buffer()]  # both chunks came back: no third is handed
+    assert writer._handed == 2
+    assert all(any(chunk is mine for mine in chunks[:2]) for chunk in again)
     writer.close()
 
 
@@ -227,7 +231,7 @@ def test_chunks_in_flight_are_bounded(tmp_path: Path, monkeypatch: pytest.Monkey
     sender.start()
     sender.join(0.5)
     assert sender.is_alive()  # three chunks out, none written: the fourth waits
-    assert len(writer._made) == 3
+    assert writer._handed == 3
     release.set()
     sender.join(10)
     assert not sender.is_alive()
@@ -443,3 +447,53 @@ def test_a_refused_fingerprint_fails_the_store(
     file.discard()
     writer.close()
     assert not any(tmp_path.iterdir())
+
+
+def test_chunks_are_aligned_back_to_back_and_their_region_is_reused() -> None:
+    from dicom_listener.incoming import _Region
+
+    writer = DiskWriter(depth=5)
+    chunks = [writer.buffer() for _ in range(5)]
+    region = writer._region
+    assert region is not None and region.count == 5
+    addresses = [ctypes.addressof(ctypes.c_char.from_buffer(chunk)) for chunk in chunks]
+    assert all(address % incoming.ALIGNMENT == 0 for address in addresses)
+    assert [b - a for a, b in zip(addresses, addresses[1:], strict=False)] == [CHUNK] * 4
+    assert all(len(chunk) == CHUNK for chunk in chunks)
+    writer.close()
+    # The next association's writer gets the same region: no new map, no new huge page.
+    again = DiskWriter(depth=5)
+    again.buffer()
+    assert again._region is region
+    again.close()
+    assert _Region.take(5) is region  # given back once more
+
+
+def _transparent_huge_pages() -> str:
+    try:
+        text = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    except OSError:
+        return "never"
+    return text.split("[", 1)[1].split("]", 1)[0] if "[" in text else "never"
+
+
+def test_a_writers_chunks_are_on_huge_pages_where_the_kernel_offers_them() -> None:
+    """One 2 MB huge page is one piece of memory, so a direct write from it is one disk
+    request instead of one per 254 small pages."""
+    if _transparent_huge_pages() == "never":
+        pytest.skip("transparent huge pages are off on this machine")
+    writer = DiskWriter()
+    chunk = writer.buffer()
+    chunk[:] = b"x" * CHUNK  # the first touch brings the page in
+    address = ctypes.addressof(ctypes.c_char.from_buffer(chunk))
+    huge_kb = 0
+    inside = False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()[0]
+        if "-" in head and ":" not in head:
+            low, high = (int(part, 16) for part in head.split("-"))
+            inside = low <= address < high
+        elif inside and line.startswith("AnonHugePages:"):
+            huge_kb = int(line.split()[1])
+    writer.close()
+    assert huge_kb >= 2048
