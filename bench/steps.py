@@ -98,15 +98,18 @@ def report(events: list[Event], instances: int, seconds: float) -> list[str]:
     for step, values in sorted(durations.items()):
         lines.append(f"| {step} | {len(values)} | {statistics.median(values):.0f} |")
     # Each step's place after the last fragment (the start of DataPath._finish):
-    # the answering thread's steps inside _finish; the writer's from 1 ms
-    # before, the first and the last write apart.
+    # the answering thread's steps inside _finish; the writer's from the data
+    # set's command on, the first and the last write apart.
     finishes = sorted((start, end) for step, start, end in events if step == "finish")
+    command_starts = sorted(start for step, start, _ in events if step == "command")
     ordered = sorted(events, key=lambda event: event[1])
     placed: dict[str, list[tuple[float, float]]] = collections.defaultdict(list)
     for finish_start, finish_end in finishes:
         writes = []
+        before = [start for start in command_starts if start < finish_start]
+        its_command = before[-1] if before else finish_start - 1_000_000
         for step, start, end in ordered:
-            earliest = finish_start - (1_000_000 if step.startswith("w:") else 0)
+            earliest = its_command if step.startswith("w:") else finish_start
             if step in _NOT_PLACED or start < earliest or start > finish_end:
                 continue
             span = ((start - finish_start) / 1e3, (end - finish_start) / 1e3)
