@@ -161,6 +161,9 @@ class Spool:
         self._root = str(root)
         self._settled: collections.OrderedDict[str, tuple[int, int]] = collections.OrderedDict()
         self._settled_lock = threading.Lock()
+        # Study folders whose own name is known durable (``_study_folder``).
+        self._named: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._folders_lock = threading.Lock()
 
     def relative_path(self, study_instance_uid: str, sop_instance_uid: str) -> str:
         return f"{study_folder(study_instance_uid)}/{_safe_name(sop_instance_uid)}.dcm"
@@ -206,10 +209,7 @@ class Spool:
         the one kept).
         """
         dest = self.root / relative
-        folder = dest.parent
-        if not folder.is_dir():
-            folder.mkdir(parents=True, exist_ok=True)
-            fsync_path(self.root, directory=True)
+        self._study_folder(relative)
         try:
             os.link(temp, dest)
         except FileExistsError:
@@ -225,6 +225,35 @@ class Spool:
             return dest
         os.unlink(temp)
         return dest
+
+    def _study_folder(self, relative: str) -> None:
+        """Make sure the folder of ``relative`` exists and its own name is durable.
+
+        The first time this process uses a study folder it fsyncs the spool
+        root (after making the folder, if it is new), under a lock: an
+        association that finds the folder another one has just made waits
+        for that fsync, so no instance is acknowledged inside a folder whose
+        name a crash could still take away.
+        """
+        folder = os.path.join(self._root, relative.rpartition("/")[0])
+        if folder in self._named:
+            return
+        with self._folders_lock:
+            if folder in self._named:
+                return
+            if not os.path.isdir(folder):
+                os.makedirs(folder, exist_ok=True)
+                # A new folder's own inode and first block are written by the
+                # fsync of the first file linked into it (``ext4_sync_parent``,
+                # the same as its name in the folder): nothing for
+                # ``settle_folder`` to do until it grows.
+                status = os.stat(folder)
+                with self._settled_lock:
+                    self._settled[folder] = (status.st_ino, status.st_size)
+            fsync_path(self.root, directory=True)
+            self._named[folder] = None
+            while len(self._named) > _SETTLED_FOLDERS:
+                self._named.popitem(last=False)
 
     def sync_folder(self, relative: str) -> None:
         """fsync the folder of ``relative``: the names placed there are durable."""
