@@ -16,12 +16,14 @@ Two orders make a received file durable under its spool name:
   folder's block that holds its new name, then flushes the disk's cache
   once. ext4 does this: without a journal its fsync of a file with a new
   name also writes that name's folder (``ext4_sync_parent``), and with one
-  the link is in the journal transaction that the fsync commits. What that
-  leaves of the folder is its own inode, changed only in its times unless
-  the folder has grown (a new study's folder, or a new block every fifty
-  names or so); ``settle_folder`` fsyncs a folder whenever its size has
-  changed since its last fsync, so the guarantee does not depend on how a
-  kernel writes a grown folder's inode. Before that single flush a crash
+  the link is in the journal transaction that the fsync commits; a new
+  study folder's own inode and its name in the spool root go down with the
+  first file's fsync the same way (the root is also fsynced when the folder
+  is made: ``_study_folder``). What that leaves of the folder is its own
+  inode, changed only in its times unless the folder has grown by a block
+  (every fifty names or so); ``settle_folder`` fsyncs a folder whenever its
+  size has changed since its last fsync, so the guarantee does not depend
+  on how a kernel writes a grown folder's inode. Before that single flush a crash
   can leave the name on disk without all the bytes; such a file was never
   acknowledged, and so that start-up recovery can tell, the file carries
   its fingerprint (``DIGEST_XATTR``, written with its inode) before it is
