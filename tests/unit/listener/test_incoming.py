@@ -477,13 +477,23 @@ def _transparent_huge_pages() -> str:
     return text.split("[", 1)[1].split("]", 1)[0] if "[" in text else "never"
 
 
+def _thp_fallbacks() -> int:
+    for line in Path("/proc/vmstat").read_text().splitlines():
+        if line.startswith("thp_fault_fallback "):
+            return int(line.split()[1])
+    return 0
+
+
 def test_a_writers_chunks_are_on_huge_pages_where_the_kernel_offers_them() -> None:
     """One 2 MB huge page is one piece of memory, so a direct write from it is one disk
     request instead of one per 254 small pages."""
+    from dicom_listener.incoming import _Region
+
     if _transparent_huge_pages() == "never":
         pytest.skip("transparent huge pages are off on this machine")
-    writer = DiskWriter()
-    chunk = writer.buffer()
+    region = _Region(16)  # a new one, not one kept from an earlier writer
+    fallbacks = _thp_fallbacks()
+    chunk = region.chunks[0]
     chunk[:] = b"x" * CHUNK  # the first touch brings the page in
     address = ctypes.addressof(ctypes.c_char.from_buffer(chunk))
     huge_kb = 0
@@ -495,5 +505,6 @@ def test_a_writers_chunks_are_on_huge_pages_where_the_kernel_offers_them() -> No
             inside = low <= address < high
         elif inside and line.startswith("AnonHugePages:"):
             huge_kb = int(line.split()[1])
-    writer.close()
+    if huge_kb == 0 and _thp_fallbacks() > fallbacks:
+        pytest.skip("the kernel asked for a huge page had none free (memory fragmented)")
     assert huge_kb >= 2048
