@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -82,13 +83,47 @@ def _bytes_under(folder: Path, skip: set[Path]) -> list[tuple[Path, bytes]]:
     return out
 
 
+def _pattern(value: object) -> re.Pattern[bytes]:
+    """How a canary is looked for. A date (eight digits) only as a value of its own:
+    inside a hex UUID, a hash or a float ("0.19110220...") of Prefect's database those
+    digits turn up by chance (a 4 MB WAL holds millions of such positions)."""
+    text = str(value)  # a PersonName, say
+    raw = re.escape(text.encode())
+    if text.isdigit():
+        return re.compile(rb"(?<![0-9A-Za-z.])" + raw + rb"(?![0-9])")
+    return re.compile(raw)
+
+
 def _hits(blobs: list[tuple[str, bytes]], canaries: dict[str, str]) -> list[str]:
+    patterns = {value: _pattern(value) for value in canaries}
     found = []
     for where, blob in blobs:
         for value, name in canaries.items():
-            if value.encode() in blob:
+            if patterns[value].search(blob):
                 found.append(f"{name} ({value}) in {where}")
     return found
+
+
+def test_a_date_canary_is_found_as_a_value_not_inside_other_digits() -> None:
+    canaries = {"19110220": "00100030", "CANARY0001Q": "00100010"}
+    leaks = [
+        ("json", b'{"birth": "19110220"}'),
+        ("dicom", b"DA\x08\x0019110220\x10\x00"),
+        ("log", b"date 19110220 seen"),
+        ("text", b"CANARY0001Q"),
+    ]
+    chance = [
+        ("uuid", b"6f0e3c2a-ab19110220cd-4e1f"),
+        ("float", b'"total_run_time": 0.191102204312'),
+        ("digits", b"run 3191102201"),
+    ]
+    assert [hit.split(" in ")[1] for hit in _hits(leaks, canaries)] == [
+        "json",
+        "dicom",
+        "log",
+        "text",
+    ]
+    assert _hits(chance, canaries) == []
 
 
 @pytest.mark.slow
