@@ -59,8 +59,8 @@ QUARANTINE = ".quarantine"
 DIGEST_XATTR = "user.prelim.digest"
 # File systems whose fsync of a file also makes its new names durable (above).
 _NAMES_WITH_FILE = {"ext4"}
-# Study folders whose size at their last fsync is remembered (``settle_folder``).
-_SETTLED_FOLDERS = 4096
+# Study folders a spool remembers (``Spool._folders``), the most recent.
+_FOLDERS_KEPT = 4096
 # How long a look at the free disk space is trusted.
 FREE_SPACE_AGE_S = 0.05
 
@@ -159,13 +159,16 @@ class Spool:
         self._free: tuple[float, float] | None = None  # (when, MB)
         # Link first, then one fsync of the file (module docstring).
         self.names_durable_with_file = names_durable_with_file(self.incoming)
-        # Study folder -> (inode, size) when last fsynced (the most recent few thousand).
         self._root = str(root)
-        self._settled: collections.OrderedDict[str, tuple[int, int]] = collections.OrderedDict()
-        self._settled_lock = threading.Lock()
-        # Study folders whose own name is known durable (``_study_folder``).
-        self._named: collections.OrderedDict[str, None] = collections.OrderedDict()
+        # The study folders this process has used, most recent last: one is
+        # here once its own name is durable (``_study_folder``), with its
+        # (inode, size) at its last fsync here, None when not known
+        # (``settle_folder``). ``_making`` is held while a folder is made.
+        self._folders: collections.OrderedDict[str, tuple[int, int] | None] = (
+            collections.OrderedDict()
+        )
         self._folders_lock = threading.Lock()
+        self._making = threading.Lock()
 
     def relative_path(self, study_instance_uid: str, sop_instance_uid: str) -> str:
         return f"{study_folder(study_instance_uid)}/{_safe_name(sop_instance_uid)}.dcm"
@@ -237,12 +240,13 @@ class Spool:
         for that fsync, so no instance is acknowledged inside a folder whose
         name a crash could still take away.
         """
-        folder = os.path.join(self._root, relative.rpartition("/")[0])
-        if folder in self._named:
+        folder = self._folder_of(relative)
+        if folder in self._folders:
             return
-        with self._folders_lock:
-            if folder in self._named:
+        with self._making:
+            if folder in self._folders:
                 return
+            seen = None  # an existing folder: its size at its last fsync is not known
             if not os.path.isdir(folder):
                 os.makedirs(folder, exist_ok=True)
                 # A new folder's own inode and first block are written by the
@@ -250,12 +254,20 @@ class Spool:
                 # the same as its name in the folder): nothing for
                 # ``settle_folder`` to do until it grows.
                 status = os.stat(folder)
-                with self._settled_lock:
-                    self._settled[folder] = (status.st_ino, status.st_size)
+                seen = (status.st_ino, status.st_size)
             fsync_path(self.root, directory=True)
-            self._named[folder] = None
-            while len(self._named) > _SETTLED_FOLDERS:
-                self._named.popitem(last=False)
+            self._remember(folder, seen)
+
+    def _folder_of(self, relative: str) -> str:
+        # Plain strings: this runs once per instance, and Path objects cost more than the stat.
+        return os.path.join(self._root, relative.rpartition("/")[0])
+
+    def _remember(self, folder: str, seen: tuple[int, int] | None) -> None:
+        with self._folders_lock:
+            self._folders[folder] = seen
+            self._folders.move_to_end(folder)
+            while len(self._folders) > _FOLDERS_KEPT:
+                self._folders.popitem(last=False)
 
     def sync_folder(self, relative: str) -> None:
         """fsync the folder of ``relative``: the names placed there are durable."""
@@ -264,25 +276,21 @@ class Spool:
     def settle_folder(self, relative: str) -> bool:
         """After a linked file's fsync: fsync its folder too if it has grown; whether it did.
 
-        A folder whose inode and size are those of its last fsync here has
-        only new times to write, which no name depends on. A new folder, or
-        one grown by a block, is fsynced (module docstring). The size is read
-        before the fsync, which covers at least that much.
+        A folder whose inode and size are those of its last fsync here (or
+        of its making, by this process) has only new times to write, which no
+        name depends on. One grown by a block, or one this process has not
+        fsynced yet, is fsynced (module docstring). The size is read before
+        the fsync, which covers at least that much.
         """
-        # Plain strings: this runs once per instance, and Path objects cost more than the stat.
-        folder = os.path.join(self._root, relative.rpartition("/")[0])
+        folder = self._folder_of(relative)
         status = os.stat(folder)
         seen = (status.st_ino, status.st_size)
-        with self._settled_lock:
-            if self._settled.get(folder) == seen:
-                self._settled.move_to_end(folder)
+        with self._folders_lock:
+            if self._folders.get(folder) == seen:
+                self._folders.move_to_end(folder)
                 return False
         fsync_path(folder, directory=True)
-        with self._settled_lock:
-            self._settled[folder] = seen
-            self._settled.move_to_end(folder)
-            while len(self._settled) > _SETTLED_FOLDERS:
-                self._settled.popitem(last=False)
+        self._remember(folder, seen)
         return True
 
     def discard(self, relative: str) -> None:
