@@ -198,15 +198,10 @@ def durable_write_ms(files: list[Path], root: Path, direct: bool) -> float:
             )
             incoming.write(data)
             incoming.finish()
-            if incoming.sealed:
-                spool.link(incoming.path, relative)
-                incoming.flushed()
-                spool.settle_folder(relative)
-                times.append(time.perf_counter() - start)
-                continue
-            temp, flushed = incoming.path, incoming.flushed
+            temp, flushed, sealed = incoming.path, incoming.flushed, incoming.sealed
         else:
-            temp, flushed = spool.incoming / f"{index}.part", None  # place fsyncs it
+            # Fsynced, linked, folder fsynced by place_durably.
+            temp, flushed, sealed = spool.incoming / f"{index}.part", None, False
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
                 view = memoryview(data)
@@ -214,8 +209,7 @@ def durable_write_ms(files: list[Path], root: Path, direct: bool) -> float:
                     view = view[os.write(fd, view) :]
             finally:
                 os.close(fd)
-        spool.place(temp, relative, flushed)
-        spool.sync_folder(relative)
+        spool.place_durably(temp, relative, flushed, sealed)
         times.append(time.perf_counter() - start)
     writer.close()
     made.close()

@@ -164,20 +164,9 @@ class Receiver:
                         self._log_duplicate(uid, result.digest, digest)
                         return Outcome(statuses.SUCCESS)
                     try:
-                        if sealed and flushed is not None and self.spool.names_durable_with_file:
-                            # Bytes, inode and new name written, then one flush.
-                            placed = self.spool.link(temp, relative)
-                            if placed is not None:
-                                flushed()
-                                self.spool.settle_folder(relative)
-                        else:
-                            placed = self.spool.place(temp, relative, flushed)
-                            if placed is not None:
-                                self.spool.sync_folder(relative)
+                        placed = self.spool.place_durably(temp, relative, flushed, sealed)
                     except OSError as exc:
                         txn.rollback()
-                        if placed is not None:
-                            self.spool.discard(relative)
                         log.error(
                             "instance %s refused: cannot write the spool (%s)", uid, exc.strerror
                         )

@@ -206,6 +206,39 @@ class Spool:
             flushed()
         return self.link(temp, relative)
 
+    def place_durably(
+        self,
+        temp: Path,
+        relative: str,
+        flushed: Callable[[], None] | None = None,
+        sealed: bool = False,
+    ) -> Path | None:
+        """Move ``temp`` to ``relative``, its bytes and its name durable; None if a file is there.
+
+        ``sealed``: ``temp`` carries its fingerprint (``DIGEST_XATTR``) and
+        ``flushed`` does its fsync, so on a spool where that fsync also makes
+        a new name durable it is linked first and fsynced once; otherwise it
+        is fsynced (``flushed`` waits for one under way, when given), linked,
+        and its folder fsynced (the module docstring's two orders). When a
+        step after the link fails, the new name is removed again: the
+        OSError means nothing was placed.
+        """
+        linked_first = sealed and flushed is not None and self.names_durable_with_file
+        placed = self.link(temp, relative) if linked_first else self.place(temp, relative, flushed)
+        if placed is None:
+            return None
+        try:
+            if linked_first:
+                assert flushed is not None
+                flushed()  # bytes, inode and new name written, then one flush
+                self.settle_folder(relative)
+            else:
+                self.sync_folder(relative)
+        except OSError:
+            self.discard(relative)
+            raise
+        return placed
+
     def link(self, temp: Path, relative: str) -> Path | None:
         """Move ``temp`` to ``relative`` as it is (no fsync); None if a file is already there.
 

@@ -237,3 +237,30 @@ def test_no_one_links_into_a_new_study_folder_before_its_name_is_durable(
         "1.9.1.dcm",
         "1.9.2.dcm",
     ]
+
+
+@pytest.mark.parametrize("sealed", [True, False])
+def test_a_failure_after_the_link_leaves_no_name_in_the_spool(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sealed: bool
+) -> None:
+    """``place_durably``: whichever order the spool uses, an fsync that fails once the
+    file is linked takes the new name away again, so the error means nothing is placed."""
+    import errno
+
+    spool = Spool(tmp_path / "spool")
+    temp = spool.incoming / "rx-1.part"
+    temp.write_bytes(b"data")
+    relative = spool.relative_path("1.2.3", "1.2.3.7")
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    if sealed and spool.names_durable_with_file:
+        flushed = broken  # the one fsync, after the link
+    else:
+        flushed = None
+        monkeypatch.setattr(spool, "sync_folder", broken)  # the folder's, after the link
+    with pytest.raises(OSError):
+        spool.place_durably(temp, relative, flushed, sealed)
+    assert not (spool.root / relative).exists()
+    assert list(spool.files()) == []
