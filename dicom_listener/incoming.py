@@ -479,7 +479,6 @@ class IncomingFile:
         # Sealed (once finished): the descriptor kept open after the writes,
         # for ``flushed``'s fsync.
         self._seal = seal and writer is not None
-        self.sealed = False
         self._held = -1
         # The chunk being filled, how full it is and its offset in the file;
         # the first write error (raised by the next write, or by finish).
@@ -495,6 +494,11 @@ class IncomingFile:
     def direct(self) -> bool:
         """Whether the file is written with direct I/O (so far)."""
         return self._direct
+
+    @property
+    def sealed(self) -> bool:
+        """Finished with its fingerprint to set, its fsync left to ``flushed`` (``seal``)."""
+        return self._seal and self._sync is not None
 
     @property
     def file(self) -> IncomingFile:
@@ -653,7 +657,6 @@ class IncomingFile:
         self._sync = sync
         seal = self.digest() if self._seal else None
         if seal is not None:
-            self.sealed = True
             self._held = fd  # fsynced and closed by ``flushed``
         self._writer.call(self._complete, fd, sync, seal)
 
@@ -661,7 +664,6 @@ class IncomingFile:
         # On the writer thread, after every chunk of this file (and not on the
         # receiving thread: the attribute waits for the inode, which a direct
         # write holds). A file system that refuses it fails the store.
-        fsync = seal is None
         try:
             if self._error is not None:
                 raise self._error
@@ -676,7 +678,7 @@ class IncomingFile:
             sync.set_result(None)
         finally:
             self._readable.set()
-            if fsync:
+            if seal is None:
                 os.close(fd)
 
     def readable(self) -> None:
