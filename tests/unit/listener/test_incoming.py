@@ -27,6 +27,14 @@ def _assert_holds(file: IncomingFile, data: bytes) -> None:
     assert file.digest() == "xxh128:" + xxhash.xxh3_128(data).hexdigest()
 
 
+def _write_whole(file: IncomingFile, data: bytes) -> None:
+    """Write ``data`` in one piece, finish and flush the file, and check what it holds."""
+    file.write(data)
+    file.finish()
+    file.flushed()
+    _assert_holds(file, data)
+
+
 @pytest.mark.parametrize(
     "size", [0, 1, 4095, 4096, 4097, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK + 12345]
 )
@@ -51,10 +59,7 @@ def test_one_writer_serves_files_one_after_another(tmp_path: Path) -> None:
     for size in (CHUNK + 100, 5, 2 * CHUNK):
         data = os.urandom(size)
         file = IncomingFile(tmp_path, writer)
-        file.write(data)
-        file.finish()
-        file.flushed()
-        _assert_holds(file, data)
+        _write_whole(file, data)
         file.discard()
     writer.close()
 
@@ -88,10 +93,7 @@ def test_the_last_bytes_short_of_a_page_need_no_cut_to_length(
     writer = DiskWriter()
     data = os.urandom(2 * CHUNK + 3 * incoming.ALIGNMENT + 77)
     file = IncomingFile(tmp_path, writer)
-    file.write(data)
-    file.finish()
-    file.flushed()
-    _assert_holds(file, data)
+    _write_whole(file, data)
     assert file.direct is _direct_supported(tmp_path)
     assert cuts == []
     file.discard()
@@ -307,10 +309,7 @@ def test_a_file_made_ahead_is_written_like_a_new_one(tmp_path: Path) -> None:
     data = os.urandom(2 * CHUNK + 5000)
     file = IncomingFile(tmp_path, writer, made=made)
     assert file.path == made and file.direct is _direct_supported(tmp_path)
-    file.write(data)
-    file.finish()
-    file.flushed()
-    _assert_holds(file, data)
+    _write_whole(file, data)
     file.discard()
     writer.close()
     assert not any(tmp_path.iterdir())
