@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from dicom_listener.spool import Spool
+from dicom_listener.spool import Spool, fsync_path
 
 
 def _device_writes(path: Path) -> int | None:
@@ -26,14 +26,6 @@ def _device_writes(path: Path) -> int | None:
     return fields[4] - fields[15]
 
 
-def _fsync(path: Path, directory: bool = False) -> None:
-    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _folder_writes_after(spool: Spool, index: int, linked_first: bool) -> int:
     """Writes of the folder's fsync once a new file is durable, in one order or the other."""
     temp = spool.incoming / f"rx-{index}.part"
@@ -44,13 +36,13 @@ def _folder_writes_after(spool: Spool, index: int, linked_first: bool) -> int:
     if linked_first:
         os.link(temp, dest)
         os.unlink(temp)
-        _fsync(dest)
+        fsync_path(dest)
     else:
-        _fsync(temp)
+        fsync_path(temp)
         os.link(temp, dest)
         os.unlink(temp)
     before = _device_writes(folder)
-    _fsync(folder, directory=True)
+    fsync_path(folder, directory=True)
     after = _device_writes(folder)
     assert before is not None and after is not None
     return after - before
@@ -63,8 +55,8 @@ def test_a_files_fsync_after_its_link_writes_its_new_name(tmp_path: Path) -> Non
     if _device_writes(tmp_path) is None:
         pytest.skip("no per-device write counts here")
     (spool.root / "study").mkdir()
-    _fsync(spool.root, directory=True)
-    _fsync(spool.root / "study", directory=True)
+    fsync_path(spool.root, directory=True)
+    fsync_path(spool.root / "study", directory=True)
     # Other processes write to the same disk: the fewest writes over a few tries.
     linked_first = min(_folder_writes_after(spool, i, True) for i in range(8))
     fsynced_first = min(_folder_writes_after(spool, 100 + i, False) for i in range(8))
