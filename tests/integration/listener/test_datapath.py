@@ -186,8 +186,6 @@ def test_instances_go_into_files_made_ahead_then_into_new_ones(listener: Running
         real_init(self, folder, writer, made, **kw)
         created.append("made ahead" if made is not None else "new")
 
-    import pytest
-
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(incoming.IncomingFile, "__init__", watched)
         assoc = associate(listener.port, [(CT, [EXPLICIT])])
