@@ -84,8 +84,24 @@ def wait_port(port: int, process: subprocess.Popen[bytes]) -> None:
     raise RuntimeError("the receiver did not open its port")
 
 
+def warm(files: list[Path]) -> None:
+    """Read ``files`` into the page cache (this machine drops it now and then).
+
+    Otherwise ``storescu`` may read the set from the disk while it is timed,
+    and on a disk that serves one request at a time those reads queue with
+    the writes of a receiver that writes before it answers (ours), not with
+    those of one that leaves its writes in the page cache (DCMTK's).
+    """
+    buffer = bytearray(1 << 20)
+    for path in files:
+        with path.open("rb", buffering=0) as file:
+            while file.readinto(buffer):
+                pass
+
+
 def send(port: int, files: list[Path]) -> float:
     """Seconds storescu takes to send ``files`` on one association; fails on any failure."""
+    warm(files)
     start = time.perf_counter()
     done = subprocess.run(
         [STORESCU, "-v", "--max-pdu", str(PDU), "127.0.0.1", str(port), *map(str, files)],

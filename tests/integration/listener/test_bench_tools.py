@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -80,3 +81,55 @@ def test_the_durable_floor_is_measured_and_leaves_nothing(tmp_path: Path, direct
     milliseconds = bench.listener.durable_write_ms(files, work, direct)
     assert 0 < milliseconds < 10_000
     assert list(work.iterdir()) == []
+
+
+_TRACE = """\
+ python-8210 [001] ..... 10.000000: block_rq_issue: 254,0 WS 262144 () 1000 + 512 be,0,4 [python]
+ <idle>-0 [001] ..s1. 10.000200: block_rq_complete: 254,0 WS () 1000 + 512 be,0,4 [0]
+ python-8210 [001] ..... 10.000600: block_rq_issue: 254,0 WS 262144 () 1512 + 512 be,0,4 [python]
+ <idle>-0 [001] ..s1. 10.000800: block_rq_complete: 254,0 WS () 1512 + 512 be,0,4 [0]
+ python-8209 [001] ..... 10.001000: block_rq_issue: 254,0 WS 4096 () 2024 + 8 be,0,4 [python]
+ <idle>-0 [001] ..s1. 10.001075: block_rq_complete: 254,0 WS () 2024 + 8 be,0,4 [0]
+ python-8209 [001] ..... 10.001100: block_rq_issue: 254,0 WSM 4096 () 9000 + 8 be,0,4 [python]
+ <idle>-0 [001] ..s1. 10.001150: block_rq_complete: 254,0 WSM () 9000 + 8 be,0,4 [0]
+ kworker/1:1H-54 [001] ..... 10.001200: block_rq_issue: 254,0 FF 0 () 0 + 0 none,0,0 [kw]
+ <idle>-0 [001] ..s1. 10.001240: block_rq_complete: 254,0 FF () 0 + 0 none,0,0 [0]
+ python-8210 [001] ..... 10.002540: block_rq_issue: 254,0 WS 524288 () 3000 + 1024 be,0,4 [python]
+ <idle>-0 [001] ..s1. 10.002940: block_rq_complete: 254,0 WS () 3000 + 1024 be,0,4 [0]
+ kworker/1:1H-54 [001] ..... 10.003000: block_rq_issue: 254,0 FF 0 () 0 + 0 none,0,0 [kw]
+ <idle>-0 [001] ..s1. 10.003040: block_rq_complete: 254,0 FF () 0 + 0 none,0,0 [0]
+"""
+
+
+def test_disktrace_reads_requests_and_cuts_each_cycle() -> None:
+    from bench import disktrace
+
+    requests = disktrace.parse(_TRACE)
+    assert len(requests) == 14
+    assert requests[0] == (10.0, "issue", "WS", 1000, 512, "python")
+    assert disktrace.label("FF", 0) == "flush" and disktrace.label("WSM", 8) == "WSM 4K"
+    lines = disktrace.summary(requests, instances=2)
+    text = "\n".join(lines)
+    assert "| WS 256K | 1.00 | 200 |" in text  # two requests for two instances, 200 µs each
+    assert "| flush | 1.00 | 40 |" in text
+    assert "issued by: other by kw 2, other by python 5" in text
+    assert "| WS 4K | 0.50 | 75 |" in text
+    # First cycle: the last data write issued at 10.000600, its flush done at
+    # 10.001240 (640 µs); the next data write 1300 µs after that flush; the
+    # second cycle's chain is 10.002540 -> 10.003040 (500 µs).
+    assert "last data write issued -> flush completed: median 570 µs" in text
+    assert "flush completed -> next instance's first data write: median 1300 µs" in text
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the block tracepoints need root")
+def test_disktrace_traces_a_real_listener(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bench import disktrace
+
+    monkeypatch.setattr(bench.listener, "OUT", tmp_path)
+    assert disktrace.main(["--count", "5", "--work", str(tmp_path / "work")]) == 0
+    out = capsys.readouterr().out
+    assert "instances/s" in out and "for 5 instances" in out
+    assert "| flush |" in out  # each durable instance ends with a flush of the disk
+    assert list((tmp_path / "work").iterdir()) == []
