@@ -313,22 +313,19 @@ class DataPath:
         except Exception:
             log.exception("C-STORE failed for instance %s", request.sop_instance_uid)
             status, comment = statuses.HANDLER_FAILED, "internal error, see the listener's log"
-        try:
-            response = encode_response(
-                _C_STORE_RSP,
-                store.message_id,
-                status,
-                request.sop_class_uid,
-                request.sop_instance_uid,
-                comment,
-            )
-            self._send(store.context_id, response)
         finally:
             if file is not None:
-                # After the answer, off its path: a stored file is in the spool
-                # under its own name by now, and this only removes the temp
-                # name; anything else left here is not stored.
+                # A stored file was moved into the spool; anything left here is not stored.
                 file.discard()
+        response = encode_response(
+            _C_STORE_RSP,
+            store.message_id,
+            status,
+            request.sop_class_uid,
+            request.sop_instance_uid,
+            comment,
+        )
+        self._send(store.context_id, response)
         if self._spare is None and len(self.receiver.temp_files) == 0:
             self._spare = prepare(self.receiver.spool.incoming, self._writing, self._seal)
 
