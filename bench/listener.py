@@ -188,20 +188,27 @@ def measure(name: str, files: list[Path], start: object, root: Path) -> dict[str
 def durable_write_ms(files: list[Path], root: Path, direct: bool) -> float:
     """Median ms to make one instance durable, with nothing else going on.
 
-    The same bytes made durable under a spool name: the disk's share of each
-    answer, which DCMTK's ``storescp`` (no fsync) does not pay. ``direct``:
-    as the listener does (``IncomingFile``: direct I/O in aligned chunks,
-    into a file made ahead; on ext4 sealed, linked, then fsynced once);
-    else created and written through the page cache, fsynced, linked, and
-    the folder fsynced, as a plain receiver would.
+    The same bytes made durable: the disk's share of each answer, which
+    DCMTK's ``storescp`` (no fsync) does not pay. ``direct``: as the
+    listener does (``IncomingFile``: direct I/O in aligned chunks, into a
+    file made ahead; on ext4 an instance that fits a record file is durable
+    after the record's one write, and named later by the settler, not timed
+    here; a larger one is sealed, linked, then fsynced once); else created
+    and written through the page cache, fsynced, linked, and the folder
+    fsynced, as a plain receiver would.
     """
-    from dicom_listener.incoming import DiskWriter, IncomingFile, TempFiles
+    from dicom_listener.incoming import DiskWriter, IncomingFile, TempFiles, records_possible
+    from dicom_listener.settle import Waiting, settle
     from dicom_listener.spool import Spool
 
     spool = Spool(Path(tempfile.mkdtemp(dir=root)))
     writer = DiskWriter()
     sample = files[:100]
-    made = TempFiles(spool.incoming, ahead=len(sample) if direct else 0)
+    made = TempFiles(
+        spool.incoming,
+        ahead=len(sample) if direct else 0,
+        prepared=direct and records_possible(spool),
+    )
     made.fill()
     times = []
     for index, path in enumerate(sample):
@@ -214,6 +221,12 @@ def durable_write_ms(files: list[Path], root: Path, direct: bool) -> float:
             )
             incoming.write(data)
             incoming.finish()
+            if incoming.record:
+                incoming.flushed()  # durable; its spool name comes later
+                times.append(time.perf_counter() - start)
+                waiting = Waiting(incoming.path, relative, incoming.size, incoming.digest())
+                settle(spool, [waiting])
+                continue
             temp, flushed, sealed = incoming.path, incoming.flushed, incoming.sealed
         else:
             # Fsynced, linked, folder fsynced by place_durably.

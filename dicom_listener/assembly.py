@@ -36,8 +36,12 @@ class Assembler:
         stable_age_s: float,
         trigger: Trigger | None,
         poll_s: float = 0.25,
+        before_poll: Callable[[], None] | None = None,
     ) -> None:
         self.database = database
+        # Run first in each poll: the listener settles its records there
+        # (``settle.py``), so a study is never ready before its files are named.
+        self.before_poll = before_poll
         self.stable_age = timedelta(seconds=stable_age_s)
         self.trigger = trigger
         self.poll_s = poll_s
@@ -64,6 +68,8 @@ class Assembler:
 
     def poll(self) -> int:
         """One round: mark quiet studies ready, fire due triggers; how many fired."""
+        if self.before_poll is not None:
+            self.before_poll()
         now = datetime.now(UTC)
         with transaction(self.database.sessions) as session:
             for key in mark_stable_ready(session, now - self.stable_age, now):

@@ -309,6 +309,8 @@ class DataPath:
                     flushed=file.flushed,
                     ready=file.readable,
                     sealed=file.sealed,
+                    record=file.record,
+                    keep=file.keep,
                 )
         except Exception:
             log.exception("C-STORE failed for instance %s", request.sop_instance_uid)

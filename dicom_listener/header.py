@@ -13,6 +13,7 @@ the reference: the scanner only answers where it would agree.
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -195,9 +196,17 @@ def _scanned(
 def _read_with_pydicom(
     path: Path, request_class: str, request_instance: str, size: int
 ) -> InstanceHeader:
-    """The reference reader: pydicom parses the file, then the checks run on its dataset."""
+    """The reference reader: pydicom parses the file, then the checks run on its dataset.
+
+    Only the first ``size`` bytes are the data set's: a record file
+    (``record.py``) goes on with padding and its trailer until it is settled.
+    """
     try:
-        ds = dcmread(path, defer_size=_DEFER_BYTES)
+        source: Path | io.BytesIO = path
+        if path.stat().st_size > size:
+            with path.open("rb") as file:
+                source = io.BytesIO(file.read(size))
+        ds = dcmread(source, defer_size=_DEFER_BYTES)
         deflated = ds.file_meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian
         if not deflated:
             _check_end(ds, size)

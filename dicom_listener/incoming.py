@@ -64,8 +64,8 @@ from typing import Any
 
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 
-from dicom_listener import fingerprint
-from dicom_listener.spool import DIGEST_XATTR, in_background
+from dicom_listener import fingerprint, record
+from dicom_listener.spool import DIGEST_XATTR, fsync_path, in_background
 
 
 def _load_sync_file_range() -> Any:
@@ -129,13 +129,24 @@ class TempFiles:
     other orphans, and ``close`` removes those not taken.
     """
 
-    def __init__(self, folder: Path, ahead: int = FILES_AHEAD, quiet_s: float = _QUIET_S) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        ahead: int = FILES_AHEAD,
+        quiet_s: float = _QUIET_S,
+        prepared: bool = False,
+    ) -> None:
         self.folder = folder
+        # Record files (``record.py``): zeros written and fsynced, the folder
+        # fsynced after each batch, instead of empty files.
+        self.prepared = prepared
         self._ahead = ahead
         self._quiet_s = quiet_s
         self._names: collections.deque[Path] = collections.deque()
-        # The name being made (it may exist before it is in ``_names``).
+        # The name being made (it may exist before it is in ``_names``), and
+        # record files made whose folder is not fsynced yet.
         self._making: Path | None = None
+        self._batch: list[Path] = []
         self._last_taken = 0.0
         self._wanted = threading.Event()
         self._stopped = False
@@ -165,7 +176,8 @@ class TempFiles:
     def ready(self) -> set[Path]:
         """The names made ahead and not taken (and the one being made)."""
         making = self._making
-        return set(self._names) | ({making} if making is not None else set())
+        ready = set(self._names) | set(self._batch)
+        return ready | ({making} if making is not None else set())
 
     def __len__(self) -> int:
         return len(self._names)
@@ -173,15 +185,34 @@ class TempFiles:
     def _make(self, count: int) -> int:
         made = 0
         for _ in range(max(count, 0)):
-            path = self._making = self.folder / _temp_name()
+            suffix = record.SUFFIX if self.prepared else ".part"
+            path = self._making = self.folder / _temp_name(suffix)
             try:
-                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+                if self.prepared:
+                    record.prepare(path)
+                else:
+                    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+                    os.close(os.open(path, flags, 0o600))
             except OSError:
                 self._making = None
                 break  # a full disk or no folder: a store then reports it itself
-            self._names.append(path)
+            if self.prepared:
+                self._batch.append(path)
+            else:
+                self._names.append(path)
             self._making = None
             made += 1
+        if self._batch:
+            # The names are durable before any is handed out: a record relies on it.
+            try:
+                fsync_path(self.folder, directory=True)
+            except OSError:
+                for path in self._batch:
+                    path.unlink(missing_ok=True)
+                self._batch.clear()
+                return 0
+            self._names.extend(self._batch)
+            self._batch.clear()
         return made
 
     def _run(self) -> None:
@@ -216,8 +247,13 @@ class TempFiles:
                 pass
 
 
-def _temp_name() -> str:
-    return f"rx-{uuid.uuid4().hex}.part"
+def records_possible(spool: Any) -> bool:
+    """Whether ``spool`` gets record files made ahead (``record.py``): ext4, direct I/O."""
+    return bool(_O_DIRECT) and bool(spool.names_durable_with_file) and hasattr(os, "RWF_DSYNC")
+
+
+def _temp_name(suffix: str = ".part") -> str:
+    return f"rx-{uuid.uuid4().hex}{suffix}"
 
 
 def _span(views: list[memoryview], start: int, stop: int) -> list[memoryview]:
@@ -489,6 +525,13 @@ class IncomingFile:
         self._written = False
         # Set once the file holds every byte at its true length.
         self._readable = threading.Event()
+        # A record file made ahead (``record.py``), its nonce; whether this
+        # one was finished as a record, and whether its name is now someone
+        # else's to remove (``keep``).
+        self._prepared = made is not None and made.name.endswith(record.SUFFIX)
+        self._nonce = record.nonce_of(made) if made is not None and self._prepared else None
+        self._record = False
+        self._kept = False
 
     @property
     def direct(self) -> bool:
@@ -499,6 +542,15 @@ class IncomingFile:
     def sealed(self) -> bool:
         """Finished with its fingerprint to set, its fsync left to ``flushed`` (``seal``)."""
         return self._seal and self._sync is not None
+
+    @property
+    def record(self) -> bool:
+        """Finished as a record (``record.py``): ``flushed`` waits for its one durable write."""
+        return self._record
+
+    def keep(self) -> None:
+        """The file is now the spool's (a record handed to ``settle.Settler``): not removed here."""
+        self._kept = True
 
     @property
     def file(self) -> IncomingFile:
@@ -645,11 +697,22 @@ class IncomingFile:
             return
         if self._writer is None:
             self._write_rest()
+            if self._prepared and self.size < record.RECORD_BYTES:
+                os.ftruncate(self._fd, self.size)  # a record file made ahead, used as a plain one
             self._readable.set()
             fd, self._fd = self._fd, -1
             self._sync = in_background(_fsync_and_close, fd)
             return
         self._written = True
+        if (
+            self._nonce is not None
+            and self._seal
+            and self._out_direct
+            and self._error is None
+            and record.fits(self.size)
+        ):
+            self._finish_record(self._writer, self._nonce)
+            return
         if self._chunk is not None:
             self._submit_last(self._writer)
         sync: Future[None] = Future()
@@ -660,6 +723,59 @@ class IncomingFile:
             self._held = fd  # fsynced and closed by ``flushed``
         self._writer.call(self._complete, fd, sync, seal)
 
+    def _finish_record(self, writer: DiskWriter, nonce: bytes) -> None:
+        """The last bytes, padded to a page, and the trailer, in one durable write (record.py)."""
+        chunk, self._chunk = self._chunk, None
+        padded = 0
+        if chunk is not None:
+            with memoryview(chunk) as view:
+                self._digest.update(view[: self._fill])
+            padded = -(-self._fill // ALIGNMENT) * ALIGNMENT
+            chunk[self._fill : padded] = bytes(padded - self._fill)
+        page = mmap.mmap(-1, ALIGNMENT)  # page-aligned, for the direct write
+        page[:] = record.trailer(self.size, nonce, self.digest())
+        sync: Future[None] = Future()
+        fd, self._fd = self._fd, -1
+        self._sync = sync
+        self._record = True
+        writer.call(self._write_record, writer, chunk, padded, page, fd, sync)
+
+    def _write_record(
+        self,
+        writer: DiskWriter,
+        chunk: memoryview | None,
+        padded: int,
+        page: mmap.mmap,
+        fd: int,
+        sync: Future[None],
+    ) -> None:
+        # On the writer thread, after this file's other chunks: an overwrite
+        # of blocks already on disk, so RWF_DSYNC writes no metadata but the
+        # file's times, then flushes the disk once.
+        views = [memoryview(chunk)[:padded]] if chunk is not None else []
+        views.append(memoryview(page))
+        try:
+            if self._error is not None:
+                raise self._error
+            total = padded + ALIGNMENT
+            done = 0
+            while done < total:
+                done += os.pwritev(fd, _span(views, done, total), self._offset + done, os.RWF_DSYNC)
+                if done % ALIGNMENT:
+                    raise OSError(errno.EIO, "short direct write of a record")
+        except OSError as exc:
+            sync.set_exception(exc.with_traceback(None))
+        else:
+            sync.set_result(None)
+        finally:
+            for view in views:
+                view.release()
+            if chunk is not None:
+                writer.release(chunk)
+            page.close()
+            os.close(fd)
+            self._readable.set()
+
     def _complete(self, fd: int, sync: Future[None], seal: str | None) -> None:
         # On the writer thread, after every chunk of this file (and not on the
         # receiving thread: the attribute waits for the inode, which a direct
@@ -667,6 +783,9 @@ class IncomingFile:
         try:
             if self._error is not None:
                 raise self._error
+            if self._prepared and self.size < record.RECORD_BYTES:
+                # A record file made ahead, used as a plain one: cut to the data set's length.
+                os.ftruncate(fd, self.size)
             self._readable.set()
             if seal is None:
                 os.fsync(fd)
@@ -730,6 +849,8 @@ class IncomingFile:
     def discard(self) -> None:
         """Close, and remove the file unless it was moved away (stored)."""
         self.close(keep=False)
+        if self._kept:
+            return
         try:
             os.unlink(self.path)
         except FileNotFoundError:

@@ -12,6 +12,12 @@ A failed commit removes the file again: nothing unacknowledged stays indexed
 or spooled (a crash between the link and the commit leaves a file that
 start-up recovery indexes if it is complete, and sets aside if not).
 
+A record (``record.py``: an instance written into a record file made ahead,
+on ext4) is durable once its one write returns: the index statements, that
+wait, and the commit, then the answer; its spool name comes later from the
+settler (``settle.py``), and a crash before that leaves the record in
+``.incoming``, where start-up recovery names it.
+
 Duplicates: the same SOP Instance UID received again is stored once. When its
 bytes are identical the copy is dropped. When they differ (a re-send in another
 transfer syntax, or edited attributes under the same UID, which the standard
@@ -38,6 +44,7 @@ from db.studies import Indexed, InstanceFields, insert_instance
 from dicom_listener import fingerprint, statuses
 from dicom_listener.header import InstanceRejected, read_header, request_priority
 from dicom_listener.incoming import TempFiles
+from dicom_listener.settle import Settler
 from dicom_listener.spool import Spool
 from prelim.database import Database
 
@@ -87,6 +94,8 @@ class Receiver:
         self._locks = [threading.Lock() for _ in range(_LOCK_STRIPES)]
         # Temp files made ahead for the data sets to come (none unless given).
         self.temp_files = temp_files if temp_files is not None else TempFiles(spool.incoming, 0)
+        # Gives instances stored as records their spool names (``settle.py``).
+        self.settler = Settler(spool)
 
     def store(
         self,
@@ -99,6 +108,8 @@ class Receiver:
         flushed: Callable[[], None] | None = None,
         ready: Callable[[], None] | None = None,
         sealed: bool = False,
+        record: bool = False,
+        keep: Callable[[], None] | None = None,
     ) -> Outcome:
         """Store the instance in ``temp`` (consumed or left for the caller to delete).
 
@@ -111,6 +122,10 @@ class Receiver:
         ``sealed``: ``temp`` carries its fingerprint (``spool.DIGEST_XATTR``)
         and ``flushed`` does its fsync, so on a spool where that fsync also
         makes a new name durable it is linked first and fsynced once.
+        ``record``: ``temp`` is a record file (``record.py``) and ``flushed``
+        waits for its one durable write; once indexed it is handed to the
+        settler for its spool name, and ``keep`` is called (the temp name is
+        no longer the caller's to remove).
         """
         uid = request.sop_instance_uid
         if self.spool.free_mb() < self.min_free_disk_mb:
@@ -151,7 +166,8 @@ class Receiver:
             # by the caller) is still under way; then the file is put in place
             # (a hard link, so a copy already there stays), its folder is
             # fsynced, and only then does the index commit: an index row never
-            # points to a name that a crash could take away. The index's write
+            # points to a name that a crash could take away (a record's name
+            # is made later, from a record that a crash cannot take away). The index's write
             # lock is held across the fsync's end, about a millisecond with
             # direct writes. Compiled statements in a DBAPI transaction: the
             # ORM's unit of work, and SQLAlchemy's connection and transaction
@@ -164,7 +180,10 @@ class Receiver:
                         self._log_duplicate(uid, result.digest, digest)
                         return Outcome(statuses.SUCCESS)
                     try:
-                        placed = self.spool.place_durably(temp, relative, flushed, sealed)
+                        if record:
+                            placed = self._durable_record(relative, flushed)
+                        else:
+                            placed = self.spool.place_durably(temp, relative, flushed, sealed)
                     except OSError as exc:
                         txn.rollback()
                         log.error(
@@ -178,16 +197,33 @@ class Receiver:
                         self._log_duplicate(uid, None, digest)
                         return Outcome(statuses.SUCCESS)
             except SQLAlchemyError as exc:
-                if placed is not None:
+                if placed is not None and not record:
                     self.spool.discard(relative)
                 log.error("instance %s refused: database unavailable (%s)", uid, type(exc).__name__)
                 return Outcome(statuses.OUT_OF_RESOURCES, "database unavailable")
+            if record:
+                # Indexed, its record durable: answered as stored; named later.
+                self.settler.add(temp, relative, size, digest)
+                if keep is not None:
+                    keep()
         if result.reopened:
             log.info("study %s re-opened by instance %s", result.study_key, uid)
         return Outcome(statuses.SUCCESS)
 
+    def _durable_record(self, relative: str, flushed: Callable[[], None] | None) -> Path | None:
+        """Wait for a record's durable write; its future spool path, or None if a file is there."""
+        assert flushed is not None
+        flushed()
+        dest = self.spool.root / relative
+        if dest.exists() or self.settler.waiting(relative):
+            # In the spool but not indexed (a crash before its commit; start-up
+            # recovery indexes it): that first copy stays.
+            return None
+        return dest
+
     def close(self) -> None:
-        """Remove the temp files made ahead; release the index's own connections (SQLite)."""
+        """Name the stored records, remove the temp files made ahead, release the index."""
+        self.settler.close()
         self.temp_files.close()
         if self.index is not self.database.engine:
             self.index.dispose()

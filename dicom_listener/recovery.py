@@ -14,20 +14,29 @@ is indexed:
   it is set aside (``.quarantine``), not indexed;
 - its header must decode and pass the listener's checks, and name the
   instance (and study) its path says: otherwise it is set aside too.
+
+First, records (``record.py``) still in ``.incoming`` are finished: a whole
+one (its trailer names its file and matches its bytes) may have been
+acknowledged, so it gets its spool name as the settler would have given it
+(``settle.py``), unless another copy of the instance is there already; one
+that is not whole never was acknowledged and is removed.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 from pydicom import dcmread
 
 from db.engine import transaction
 from db.studies import InstanceFields, index_instance, indexed_paths
-from dicom_listener import fingerprint
+from dicom_listener import fingerprint, record
 from dicom_listener.header import InstanceHeader, read_header
+from dicom_listener.settle import Waiting, settle
 from dicom_listener.spool import Spool, recorded_digest
 from prelim.database import Database
 
@@ -39,9 +48,11 @@ class Recovered:
     orphans_removed: int
     reindexed: int
     quarantined: int
+    records_settled: int = 0
 
 
 def recover(spool: Spool, database: Database) -> Recovered:
+    records = settle_records(spool)
     orphans = spool.remove_orphans()
     with database.sessions() as session:
         known = indexed_paths(session)
@@ -70,14 +81,58 @@ def recover(spool: Spool, database: Database) -> Recovered:
         with transaction(database.sessions) as session:
             index_instance(session, header.study, fields, datetime.now(UTC))
         reindexed += 1
-    if orphans or reindexed or quarantined:
+    if orphans or reindexed or quarantined or records:
         log.info(
-            "recovery: %d orphan temp files removed, %d spool files re-indexed, %d quarantined",
+            "recovery: %d records settled, %d orphan temp files removed,"
+            " %d spool files re-indexed, %d quarantined",
+            records,
             orphans,
             reindexed,
             quarantined,
         )
-    return Recovered(orphans, reindexed, quarantined)
+    return Recovered(orphans, reindexed, quarantined, records)
+
+
+def settle_records(spool: Spool) -> int:
+    """Give each whole record left in ``.incoming`` its spool name; remove the others.
+
+    A record file of any other length is no record (one used as a plain temp
+    file, or one already cut to length by the settler, whose spool name was
+    durable before that): it is left to ``Spool.remove_orphans``.
+    """
+    waiting = []
+    for path in sorted(spool.incoming.glob("*" + record.SUFFIX)):
+        try:
+            if path.stat().st_size != record.RECORD_BYTES:
+                continue
+        except FileNotFoundError:
+            continue
+        found = record.read(path, record.nonce_of(path))
+        if found is None:
+            path.unlink(missing_ok=True)  # made ahead and never filled, or cut off
+            continue
+        size, digest = found
+        relative = _record_path(spool, path, size)
+        if relative is None:
+            log.error("record %s holds no readable instance: removed", path.name)
+            path.unlink(missing_ok=True)  # its header check refused it: never acknowledged
+            continue
+        waiting.append(Waiting(path, relative, size, digest))
+    return settle(spool, waiting) if waiting else 0
+
+
+def _record_path(spool: Spool, path: Path, size: int) -> str | None:
+    """The spool path of the instance in a record (from its own header), or None."""
+    with path.open("rb") as file:
+        data = file.read(size)
+    try:
+        ds = dcmread(io.BytesIO(data), stop_before_pixels=True)
+        study, instance = str(ds.StudyInstanceUID), str(ds.file_meta.MediaStorageSOPInstanceUID)
+    except Exception:
+        return None
+    if not study or not instance:
+        return None
+    return spool.relative_path(study, instance)
 
 
 def _whole_instance(spool: Spool, relative: str, digest: str) -> InstanceHeader | str:

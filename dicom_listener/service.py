@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dicom_listener.assembly import Assembler
 from dicom_listener.handlers import handlers_for
-from dicom_listener.incoming import TempFiles
+from dicom_listener.incoming import TempFiles, records_possible
 from dicom_listener.receiver import Receiver
 from dicom_listener.recovery import recover
 from dicom_listener.security import allowed_calling_titles, tls_context
@@ -100,16 +101,22 @@ def start_listener(
     _config.STORE_RECV_CHUNKED_DATASET = True
     install_temp_file_hook()
     spool = Spool(settings.resolved_spool_dir)
+    records = records_possible(spool)
     log.info(
         "spool %s: each instance %s",
         spool.root,
-        "linked, then fsynced with its new name (one flush)"
+        "of up to 1 MiB made durable in a record file made ahead (one write, one flush)"
+        " and named later; a larger one linked, then fsynced with its new name (one flush)"
+        if records
+        else "linked, then fsynced with its new name (one flush)"
         if spool.names_durable_with_file
         else "fsynced, linked, then its folder fsynced",
     )
     recover(spool, database)
     # Temp files for the first burst are made before the first association.
-    temp_files = TempFiles(spool.incoming, settings.files_ahead)
+    # On ext4 they are record files (``record.py``): an instance that fits is
+    # then made durable by one write and one flush of the disk.
+    temp_files = TempFiles(spool.incoming, settings.files_ahead, prepared=records)
     temp_files.fill()
     temp_files.start()
     receiver = Receiver(database, spool, settings.min_free_disk_mb, temp_files)
@@ -132,7 +139,13 @@ def start_listener(
     thread.daemon = True
     thread.start()
     ae._servers.append(server)
-    assembler = Assembler(database, settings.stable_age_s, trigger)
+    # Records get their spool names before a study is marked ready.
+    assembler = Assembler(
+        database,
+        settings.stable_age_s,
+        trigger,
+        before_poll=functools.partial(receiver.settler.drain, settings.stable_age_s / 2),
+    )
     assembler.start()
     port = int(server.server_address[1])
     log.info("listening as AE %s on %s:%d", settings.ae_title, settings.listener_host, port)

@@ -239,12 +239,13 @@ class Spool:
             raise
         return placed
 
-    def link(self, temp: Path, relative: str) -> Path | None:
+    def link(self, temp: Path, relative: str, keep_temp: bool = False) -> Path | None:
         """Move ``temp`` to ``relative`` as it is (no fsync); None if a file is already there.
 
         The move is a hard link and an unlink, which, unlike a rename, never
         replaces a file already in place (the first copy of an instance is
-        the one kept).
+        the one kept). ``keep_temp``: no unlink (``settle.py`` removes the
+        temp name once the new one is durable).
         """
         dest = self.root / relative
         self._study_folder(relative)
@@ -259,9 +260,12 @@ class Spool:
             # spool (the supported layout) holds the UID's lock here.
             if dest.exists():
                 return None
+            if keep_temp:
+                raise
             os.replace(temp, dest)
             return dest
-        os.unlink(temp)
+        if not keep_temp:
+            os.unlink(temp)
         return dest
 
     def _study_folder(self, relative: str) -> None:

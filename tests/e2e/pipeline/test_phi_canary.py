@@ -79,7 +79,9 @@ def _bytes_under(folder: Path, skip: set[Path]) -> list[tuple[Path, bytes]]:
     out = []
     for path in folder.rglob("*"):
         if path.is_file() and not any(path.is_relative_to(s) for s in skip):
-            out.append((path, path.read_bytes()))
+            data = path.read_bytes()
+            if data.strip(b"\0"):  # zeros only (record files made ahead): nothing to find
+                out.append((path, data))
     return out
 
 

@@ -48,8 +48,21 @@ class Running:
     def incoming(self) -> Path:
         return self.settings.resolved_spool_dir / ".incoming"
 
+    def settle(self) -> None:
+        """Give every instance stored as a record its spool name now (``settle.py``)."""
+        self.handle.server.receiver.settler.drain()
+
+    def spool_dir(self) -> Path:
+        """The spool, every record in it named (the pipeline sees it so: ``settle.py``)."""
+        self.settle()
+        return self.settings.resolved_spool_dir
+
     def leftovers(self) -> list[Path]:
-        """Temp files other than the empty ones made ahead: received data, whole or partial."""
+        """Temp files other than those made ahead: received data, whole or partial.
+
+        Records waiting for their spool names are named first.
+        """
+        self.settle()
         found = list(self.incoming.iterdir())  # first: a name made after this is not listed
         ahead = self.handle.server.receiver.temp_files.ready()
         return [path for path in found if path not in ahead]

@@ -17,6 +17,7 @@ from pydicom import dcmread
 from sqlalchemy import select
 
 from db.tables import Instance
+from dicom_listener import record
 from prelim.database import open_database
 from prelim.settings import Settings
 from prelim.synthetic import make_ct_series
@@ -134,11 +135,16 @@ def test_kill_9_during_transfer_loses_nothing_acknowledged(
     process = _listen(data_dir, port, log)
     try:
         _wait_port(port, process)
-        # Every temp file of the killed listeners is gone; what is there now
-        # was made ahead by this one: empty.
+        # Every temp file of the killed listeners is gone (records among them
+        # named, the rest removed); what is there now was made ahead by this
+        # one: empty, or on ext4 record files of zeros (record.py).
         after = set((spool / ".incoming").iterdir())
         assert not before & after
-        assert all(path.stat().st_size == 0 for path in after)
+        made = {0, record.RECORD_BYTES}
+        assert all(path.stat().st_size in made for path in after)
+        assert any(path.name.endswith(record.SUFFIX) for path in before) == any(
+            path.name.endswith(record.SUFFIX) for path in after
+        )
         database = open_database(settings.model_copy(update={"data_dir": data_dir}))
         with database.sessions() as session:
             indexed = {row.sop_instance_uid: row.path for row in session.scalars(select(Instance))}

@@ -11,7 +11,7 @@ from pynetdicom.pdu_primitives import P_DATA
 from sqlalchemy import func, select
 
 from db.tables import Instance
-from dicom_listener import fingerprint, handlers, incoming
+from dicom_listener import fingerprint, handlers, incoming, record
 from dicom_listener.spool import recorded_digest
 from prelim.synthetic import make_ct_series
 from tests.integration.listener.conftest import (
@@ -163,7 +163,7 @@ def test_a_header_longer_than_the_kept_head_is_read_from_the_finished_file(
     assert int(assoc.send_c_store(ds).Status) == 0x0000
     assoc.release()
     assert read_early  # the check did need the file
-    stored = next(listener.settings.resolved_spool_dir.rglob("*.dcm"))
+    stored = next(listener.spool_dir().rglob("*.dcm"))
     back = dcmread(stored)
     assert back.SOPInstanceUID == ds.SOPInstanceUID and back[0x00091011].value == bytes(300_000)
 
@@ -193,12 +193,14 @@ def test_instances_go_into_files_made_ahead_then_into_new_ones(listener: Running
         assoc.release()
     assert statuses == [0] * 6 and _count(listener) == 6
     assert "made ahead" in created and "new" in created
-    stored = {path.name for path in listener.settings.resolved_spool_dir.glob("*/*.dcm")}
+    stored = {path.name for path in listener.spool_dir().glob("*/*.dcm")}
     assert len(stored) == 6
     assert listener.leftovers() == [spoiled]  # not ours to remove
     spoiled.rmdir()
     wait_until(lambda: len(temp_files) == 4)  # made again once nothing arrives
-    assert all(path.stat().st_size == 0 for path in temp_files.ready())
+    # Empty, or on ext4 record files (record.py): zeros of the record size.
+    sizes = {0, record.RECORD_BYTES} if temp_files.prepared else {0}
+    assert all(path.stat().st_size in sizes for path in temp_files.ready())
     assert not ahead & temp_files.ready()
 
 
@@ -211,29 +213,44 @@ def _stored(listener: Running) -> dict[str, tuple[str, str]]:
         }
 
 
-@pytest.mark.parametrize("linked_first", [True, False])
+@pytest.mark.parametrize("order", ["record", "linked_first", "portable"])
 def test_each_instance_is_made_durable_in_the_order_its_file_system_allows(
-    listener: Running, monkeypatch: pytest.MonkeyPatch, linked_first: bool
+    listener: Running, monkeypatch: pytest.MonkeyPatch, order: str
 ) -> None:
-    """On ext4 a file is sealed (its fingerprint on it), linked, then fsynced once and
-    no folder is fsynced; elsewhere it is fsynced, linked, and its folder fsynced."""
-    spool = listener.handle.server.receiver.spool
-    if linked_first and not spool.names_durable_with_file:
+    """On ext4 an instance that fits a record file is made durable by the record's one
+    write, then named by the settler (a link, its folder fsynced); one that does not fit
+    is sealed (its fingerprint on it), linked, then fsynced once, and no folder fsynced;
+    elsewhere it is fsynced, linked, and its folder fsynced."""
+    receiver = listener.handle.server.receiver
+    spool = receiver.spool
+    if order != "portable" and not spool.names_durable_with_file:
         pytest.skip("the spool is not on ext4")
-    monkeypatch.setattr(spool, "names_durable_with_file", linked_first)
+    if order == "record" and not receiver.temp_files.prepared:
+        pytest.skip("no record files here")
+    if order != "record":
+        monkeypatch.setattr(record, "fits", lambda size: False)
+    monkeypatch.setattr(spool, "names_durable_with_file", order != "portable")
     calls: list[str] = []
     for name in ("link", "place", "sync_folder", "settle_folder"):
         real = getattr(spool, name)
         monkeypatch.setattr(
-            spool, name, lambda *a, _real=real, _name=name: calls.append(_name) or _real(*a)
+            spool,
+            name,
+            lambda *a, _real=real, _name=name, **kw: calls.append(_name) or _real(*a, **kw),
         )
     assoc = associate(listener.port, [(CT, [EXPLICIT])])  # after the patch: a new DataPath
     sent = [_ct(300 + i) for i in range(3)]
     assert [int(assoc.send_c_store(ds).Status) for ds in sent] == [0, 0, 0]
     assoc.release()
+    listener.settle()
     # (``place`` is the fsync, then ``link``.)
-    each = ["link", "settle_folder"] if linked_first else ["place", "link", "sync_folder"]
+    each = {
+        "record": ["link"],  # by the settler, which fsyncs the folders itself
+        "linked_first": ["link", "settle_folder"],
+        "portable": ["place", "link", "sync_folder"],
+    }[order]
     assert calls == each * 3
+    linked_first = order != "portable"
     stored = _stored(listener)
     for ds in sent:
         path, digest = stored[ds.SOPInstanceUID]

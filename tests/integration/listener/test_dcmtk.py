@@ -69,7 +69,7 @@ def test_storescu_sends_a_study(listener: Running, tmp_path: Path) -> None:
         path = get_testdata_file(name, download=False)
         log = _run([STORESCU, "-v", flag, "127.0.0.1", str(listener.port), str(path)])
         assert _statuses(log) == ["Success"], log
-        stored = list(listener.settings.resolved_spool_dir.glob("*/*.dcm"))
+        stored = list(listener.spool_dir().glob("*/*.dcm"))
         sent = dcmread(path, stop_before_pixels=True)
         match = [p for p in stored if p.name == f"{sent.SOPInstanceUID}.dcm"]
         if sent.SOPInstanceUID in seen:
@@ -81,7 +81,7 @@ def test_storescu_sends_a_study(listener: Running, tmp_path: Path) -> None:
         )
     for path in files:
         uid = dcmread(path, stop_before_pixels=True).SOPInstanceUID
-        stored = list(listener.settings.resolved_spool_dir.glob(f"*/{uid}.dcm"))
+        stored = list(listener.spool_dir().glob(f"*/{uid}.dcm"))
         assert len(stored) == 1
         assert (dcmread(stored[0]).pixel_array == dcmread(path).pixel_array).all()
 

@@ -75,3 +75,67 @@ def test_recovery_indexes_whole_files_and_sets_aside_the_others(
     # A second start finds nothing more to do.
     again = recover(spool, database)
     assert (again.orphans_removed, again.reindexed, again.quarantined) == (0, 0, 0)
+
+
+def _record_of(spool: Spool, source: Path) -> Path:
+    """``source`` as the listener leaves it in a record file: whole, trailer written, unnamed."""
+    from dicom_listener import record
+    from dicom_listener.incoming import DiskWriter, IncomingFile, TempFiles
+
+    made = TempFiles(spool.incoming, ahead=1, prepared=True)
+    assert made.fill() == 1
+    path = made.take()
+    assert path is not None
+    writer = DiskWriter()
+    file = IncomingFile(spool.incoming, writer, made=path, seal=True)
+    file.write(source.read_bytes())
+    file.finish()
+    file.flushed()
+    writer.close()
+    assert file.record and path.stat().st_size == record.RECORD_BYTES
+    return path
+
+
+def test_records_left_by_a_crash_are_named_indexed_or_removed(
+    database: Database, tmp_path: Path
+) -> None:
+    from dicom_listener import record
+    from dicom_listener.incoming import TempFiles, records_possible
+
+    spool = Spool(tmp_path / "spool")
+    if not records_possible(spool):
+        pytest.skip("records need ext4 with direct I/O")
+    series = make_ct_series(78, slices=4, rows=32, columns=32)
+    sources = write_study(series, tmp_path / "sources")
+    study = str(series[0].StudyInstanceUID)
+    uids = [str(ds.SOPInstanceUID) for ds in series]
+    # 0: answered, never named (the crash came before the settler).
+    unnamed = _record_of(spool, sources[0])
+    # 1: named (both names), not yet cut to length.
+    linked = _record_of(spool, sources[1])
+    assert spool.link(linked, spool.relative_path(study, uids[1]), keep_temp=True)
+    # 2: cut off before its trailer was written: never answered.
+    cut = _record_of(spool, sources[2])
+    with cut.open("r+b") as f:
+        end = len(f.read().rstrip(b"\0"))
+        f.seek(end - 1)
+        f.write(b"\0")  # the trailer's last byte: its checksum fails
+    assert record.read(cut, record.nonce_of(cut)) is None
+    # 3: a record file made ahead, never used.
+    idle = TempFiles(spool.incoming, ahead=1, prepared=True)
+    idle.fill()
+    result = recover(spool, database)
+    assert result.records_settled == 2
+    assert result.reindexed == 2
+    assert not any(spool.incoming.iterdir())
+    with database.sessions() as session:
+        indexed = {row.sop_instance_uid: row for row in session.scalars(select(Instance))}
+    assert set(indexed) == {uids[0], uids[1]}
+    for index in (0, 1):
+        stored = spool.root / spool.relative_path(study, uids[index])
+        assert stored.read_bytes() == sources[index].read_bytes()
+        assert indexed[uids[index]].digest == fingerprint.of_file(stored)
+        assert os.getxattr(stored, DIGEST_XATTR).decode() == fingerprint.of_file(stored)
+    assert not (spool.root / spool.relative_path(study, uids[2])).exists()
+    assert not unnamed.exists() and not linked.exists() and not cut.exists()
+    assert recover(spool, database).records_settled == 0  # a second start: nothing to do

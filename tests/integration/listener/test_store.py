@@ -58,7 +58,7 @@ def _stored(listener: Running, sop_uid: str) -> Path:
     with listener.database.sessions() as session:
         row = session.scalar(select(Instance).where(Instance.sop_instance_uid == sop_uid))
     assert row is not None
-    return listener.settings.resolved_spool_dir / row.path
+    return listener.spool_dir() / row.path
 
 
 def test_every_transfer_syntax_is_stored_bit_preserving(listener: Running, tmp_path: Path) -> None:
