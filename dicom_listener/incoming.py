@@ -126,7 +126,10 @@ class TempFiles:
 
     The files are empty, closed, and named like any temp file in the spool's
     ``.incoming`` folder: a crash leaves them to start-up recovery with the
-    other orphans, and ``close`` removes those not taken.
+    other orphans, and ``close`` removes those not taken. With ``prepared``
+    (ext4, ``records_possible``) they are record files instead
+    (``record.py``): zeros of the record size, on disk, named ``.rec``; an
+    instance that fits is then made durable by one write.
     """
 
     def __init__(
