@@ -16,7 +16,9 @@ any point leaves what start-up recovery finishes (``recovery.py``):
 5. only then is each ``.rec`` name removed.
 
 Until its ``.rec`` name is gone a record can always be found and finished:
-before step 3 it is a whole record, after step 4 a whole spool file.
+before step 3 it is a whole record, after step 4 a whole spool file. A
+record whose step fails (a full disk, say) waits for the next batch, at
+least ``_RETRY_S`` later.
 
 Nothing may read a record's spool file before it is settled (it may not
 exist yet, or still end in its trailer). Only the pipeline reads spool
@@ -46,6 +48,9 @@ log = logging.getLogger(__name__)
 _QUIET_S = 0.05
 _BATCH = 4096
 _MAX_WAIT_S = 5.0
+# After a batch that left records unsettled (a full disk, say), the wait
+# before they are tried again.
+_RETRY_S = 1.0
 
 
 def _load_syncfs() -> Any:
@@ -110,6 +115,7 @@ class Settler:
         self._wanted = threading.Event()
         self._halt = threading.Event()  # cuts the thread's waits short at close
         self._last_added = 0.0
+        self._failed_at = 0.0  # when a batch last left records unsettled
         self._stopped = False
         self._thread: threading.Thread | None = None
 
@@ -164,6 +170,10 @@ class Settler:
                 now = time.monotonic()
                 quiet_for = now - self._last_added
                 waited = now - self._waiting[0].added
+                since_failure = now - self._failed_at
+            if since_failure < _RETRY_S:
+                self._halt.wait(_RETRY_S - since_failure)  # a failed batch: not at once again
+                continue
             if count >= self._batch or quiet_for >= self._quiet_s or waited >= self._max_wait_s:
                 try:
                     self._settle_waiting()
@@ -183,20 +193,27 @@ class Settler:
                     batch, self._waiting = self._waiting, []
             if not batch:
                 return
+            left: list[Waiting] = []
             try:
-                settle(self.spool, batch)
+                settle(self.spool, batch, left)
             finally:
                 with self._lock:
                     for item in batch:
-                        self._relatives.discard(item.relative)
+                        if item not in left:
+                            self._relatives.discard(item.relative)
+                    # Tried again with the next batch, oldest first.
+                    self._waiting[:0] = left
+                    self._failed_at = time.monotonic() if left else 0.0
 
 
-def settle(spool: Spool, batch: list[Waiting]) -> int:
+def settle(spool: Spool, batch: list[Waiting], left: list[Waiting] | None = None) -> int:
     """The module docstring's five steps for ``batch``; how many were settled.
 
-    A record whose step fails is left in ``.incoming`` (logged), for start-up
-    recovery; the others go on.
+    A record whose step fails stays in ``.incoming`` (logged) and is added to
+    ``left``, to be tried again (start-up recovery finishes it otherwise);
+    the others go on.
     """
+    failed = left if left is not None else []
     linked: list[tuple[Waiting, Path]] = []
     for item in batch:
         dest = spool.root / item.relative
@@ -209,6 +226,7 @@ def settle(spool: Spool, batch: list[Waiting]) -> int:
                 continue
         except OSError as exc:
             log.error("record for %s left in .incoming: %s", item.relative, exc)
+            failed.append(item)
             continue
         linked.append((item, dest))
     if not linked:
@@ -222,6 +240,7 @@ def settle(spool: Spool, batch: list[Waiting]) -> int:
         sync_file_system(spool.root, [dest for _, dest in linked])
     except OSError as exc:
         log.error("%d records left in .incoming: %s", len(linked), exc)
+        failed.extend(item for item, _ in linked)
         return 0
     for item, _ in linked:
         try:

@@ -218,3 +218,35 @@ def test_close_settles_what_waits(tmp_path: Path) -> None:
     assert not closer.is_alive()
     _settled(spool, data, relative)
     writer.close()
+
+
+def test_a_record_that_cannot_be_named_is_tried_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failed step (a full disk, say) leaves the record waiting; a later batch names it."""
+    spool = _spool(tmp_path)
+    writer = DiskWriter()
+    data = os.urandom(10_000)
+    file = _record(spool, data, writer)
+    relative = spool.relative_path("1.2.3", "1.2.3.8")
+    real_link = spool.link
+    failures = []
+
+    def link(*args: object, **kwargs: object) -> object:
+        if not failures:
+            failures.append(1)
+            raise OSError(28, "No space left on device")
+        return real_link(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(spool, "link", link)
+    settler = Settler(spool, quiet_s=0.01, batch=1000, max_wait_s=60)
+    settler.add(file.path, relative, len(data), _digest(data))
+    deadline = time.monotonic() + 10
+    while not (spool.root / relative).exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    settler.drain()
+    assert failures == [1]
+    _settled(spool, data, relative)
+    assert not settler.waiting(relative) and len(settler) == 0
+    settler.close()
+    writer.close()
