@@ -46,6 +46,7 @@ RECORD_BYTES = 1 << 20
 PAGE = mmap.PAGESIZE
 SUFFIX = ".rec"
 _MAGIC = b"PRELIMR1"
+_PREAMBLE = 128  # bytes before "DICM" in a DICOM file (PS3.10)
 # magic, length, nonce (16 bytes), fingerprint label (ascii, space-padded), checksum
 _TRAILER = struct.Struct("<8sQ16s64sQ")
 _zeros: mmap.mmap | None = None
@@ -106,7 +107,14 @@ def read(path: Path, nonce: bytes | None = None) -> tuple[int, str] | None:
     the one it records.
     """
     try:
-        data = path.read_bytes()
+        with path.open("rb") as file:
+            # Every record starts with the file meta the listener wrote (the
+            # preamble, then "DICM"): a file made ahead and never used (after a
+            # crash, hundreds of them) is told by its first page alone.
+            first = file.read(PAGE)
+            if first[_PREAMBLE : _PREAMBLE + 4] != b"DICM":
+                return None
+            data = first + file.read()
     except OSError:
         return None
     if len(data) != RECORD_BYTES:

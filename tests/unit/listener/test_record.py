@@ -16,6 +16,12 @@ from dicom_listener.settle import Settler, Waiting, settle
 from dicom_listener.spool import DIGEST_XATTR, Spool
 
 
+def _dicomish(size: int) -> bytes:
+    """``size`` random bytes that start as a DICOM file does (preamble, "DICM")."""
+    assert size >= 132
+    return bytes(128) + b"DICM" + os.urandom(size - 132)
+
+
 def _digest(data: bytes) -> str:
     return "xxh128:" + xxhash.xxh3_128(data).hexdigest()
 
@@ -50,7 +56,7 @@ def test_a_trailer_is_read_back_only_whole_and_only_for_its_file(tmp_path: Path)
     nonce = record.nonce_of(path)
     assert nonce is not None and len(nonce) == 16
     assert record.read(path, nonce) is None  # zeros: no record yet
-    data = os.urandom(10_000)
+    data = _dicomish(10_000)
     page = record.trailer(len(data), nonce, _digest(data))
     with path.open("r+b") as file:
         file.write(data)
@@ -91,12 +97,12 @@ def test_record_files_made_ahead_are_zeros_of_the_record_size(tmp_path: Path) ->
 
 @pytest.mark.parametrize(
     "size",
-    [1, 4095, 4096, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK + 12345, record.RECORD_BYTES - 4096],
+    [200, 4095, 4096, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK + 12345, record.RECORD_BYTES - 4096],
 )
 def test_an_instance_that_fits_is_finished_as_a_record(tmp_path: Path, size: int) -> None:
     spool = _spool(tmp_path)
     writer = DiskWriter()
-    data = os.urandom(size)
+    data = _dicomish(size)
     file = _record(spool, data, writer)
     assert file.record
     assert record.read(file.path, record.nonce_of(file.path)) == (size, _digest(data))
@@ -249,4 +255,15 @@ def test_a_record_that_cannot_be_named_is_tried_again(
     _settled(spool, data, relative)
     assert not settler.waiting(relative) and len(settler) == 0
     settler.close()
+    writer.close()
+
+
+def test_a_record_that_does_not_start_as_a_dicom_file_is_none(tmp_path: Path) -> None:
+    """A file made ahead and never used is told by its first page (no "DICM" at 128)."""
+    spool = _spool(tmp_path)
+    writer = DiskWriter()
+    data = os.urandom(5000)
+    file = _record(spool, data, writer)
+    assert file.record
+    assert record.read(file.path, record.nonce_of(file.path)) is None
     writer.close()
