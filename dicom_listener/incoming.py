@@ -65,7 +65,7 @@ from typing import Any
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 
 from dicom_listener import fingerprint, record
-from dicom_listener.spool import DIGEST_XATTR, fsync_path, in_background
+from dicom_listener.spool import DIGEST_XATTR, Spool, fsync_path, in_background
 
 
 def _load_sync_file_range() -> Any:
@@ -250,7 +250,7 @@ class TempFiles:
                 pass
 
 
-def records_possible(spool: Any) -> bool:
+def records_possible(spool: Spool) -> bool:
     """Whether ``spool`` gets record files made ahead (``record.py``): ext4, direct I/O."""
     return bool(_O_DIRECT) and bool(spool.names_durable_with_file) and hasattr(os, "RWF_DSYNC")
 
@@ -700,8 +700,7 @@ class IncomingFile:
             return
         if self._writer is None:
             self._write_rest()
-            if self._prepared and self.size < record.RECORD_BYTES:
-                os.ftruncate(self._fd, self.size)  # a record file made ahead, used as a plain one
+            self._cut_to_length(self._fd)
             self._readable.set()
             fd, self._fd = self._fd, -1
             self._sync = in_background(_fsync_and_close, fd)
@@ -733,7 +732,7 @@ class IncomingFile:
         if chunk is not None:
             with memoryview(chunk) as view:
                 self._digest.update(view[: self._fill])
-            padded = -(-self._fill // ALIGNMENT) * ALIGNMENT
+            padded = record.padded(self._fill)  # chunks start on pages: the file's padding too
             chunk[self._fill : padded] = bytes(padded - self._fill)
         page = mmap.mmap(-1, ALIGNMENT)  # page-aligned, for the direct write
         page[:] = record.trailer(self.size, nonce, self.digest())
@@ -779,6 +778,11 @@ class IncomingFile:
             os.close(fd)
             self._readable.set()
 
+    def _cut_to_length(self, fd: int) -> None:
+        """A record file made ahead, used as a plain one: cut to the data set's length."""
+        if self._prepared and self.size < record.RECORD_BYTES:
+            os.ftruncate(fd, self.size)
+
     def _complete(self, fd: int, sync: Future[None], seal: str | None) -> None:
         # On the writer thread, after every chunk of this file (and not on the
         # receiving thread: the attribute waits for the inode, which a direct
@@ -786,9 +790,7 @@ class IncomingFile:
         try:
             if self._error is not None:
                 raise self._error
-            if self._prepared and self.size < record.RECORD_BYTES:
-                # A record file made ahead, used as a plain one: cut to the data set's length.
-                os.ftruncate(fd, self.size)
+            self._cut_to_length(fd)
             self._readable.set()
             if seal is None:
                 os.fsync(fd)

@@ -64,9 +64,14 @@ def nonce_of(path: Path) -> bytes | None:
     return nonce if len(nonce) == 16 else None
 
 
+def padded(size: int) -> int:
+    """``size`` rounded up to whole pages: where a record's trailer page starts."""
+    return -(-size // PAGE) * PAGE
+
+
 def fits(size: int) -> bool:
     """Whether an instance of ``size`` bytes, padded to a page, leaves room for the trailer."""
-    return -(-size // PAGE) * PAGE + PAGE <= RECORD_BYTES
+    return padded(size) + PAGE <= RECORD_BYTES
 
 
 def trailer(size: int, nonce: bytes, digest: str) -> bytes:
@@ -132,7 +137,7 @@ def read(path: Path, nonce: bytes | None = None) -> tuple[int, str] | None:
         return None
     if nonce is not None and found_nonce != nonce:
         return None
-    if -(-size // PAGE) * PAGE != end - PAGE:
+    if padded(size) != end - PAGE:
         return None
     digest = label.rstrip(b" ").decode("ascii", "replace")
     hasher = fingerprint.hasher()
