@@ -104,7 +104,13 @@ def prepare(path: Path) -> None:
 
 
 def read(path: Path, nonce: bytes | None = None) -> tuple[int, str] | None:
-    """(length, fingerprint) of the whole record in ``path``, or None if it holds none.
+    """(length, fingerprint) of the whole record in ``path``, or None if it holds none."""
+    found = read_data(path, nonce)
+    return None if found is None else found[:2]
+
+
+def read_data(path: Path, nonce: bytes | None = None) -> tuple[int, str, bytes] | None:
+    """``read``'s (length, fingerprint) and the record's bytes, or None if it holds none.
 
     Whole: the file is RECORD_BYTES long, the trailer's checksum holds, it
     sits on the page after the last byte it counts, its nonce is ``nonce``
@@ -144,4 +150,4 @@ def read(path: Path, nonce: bytes | None = None) -> tuple[int, str] | None:
     hasher.update(memoryview(data)[:size])
     if fingerprint.label(hasher.hexdigest()) != digest:
         return None
-    return size, digest
+    return size, digest, data[:size]

@@ -28,7 +28,6 @@ import io
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
 from pydicom import dcmread
 
@@ -107,12 +106,12 @@ def settle_records(spool: Spool) -> int:
                 continue
         except FileNotFoundError:
             continue
-        found = record.read(path, record.nonce_of(path))
+        found = record.read_data(path, record.nonce_of(path))
         if found is None:
             path.unlink(missing_ok=True)  # made ahead and never filled, or cut off
             continue
-        size, digest = found
-        relative = _record_path(spool, path, size)
+        size, digest, data = found
+        relative = _record_path(spool, data)
         if relative is None:
             log.error("record %s holds no readable instance: removed", path.name)
             path.unlink(missing_ok=True)  # its header check refused it: never acknowledged
@@ -121,10 +120,8 @@ def settle_records(spool: Spool) -> int:
     return settle(spool, waiting) if waiting else 0
 
 
-def _record_path(spool: Spool, path: Path, size: int) -> str | None:
-    """The spool path of the instance in a record (from its own header), or None."""
-    with path.open("rb") as file:
-        data = file.read(size)
+def _record_path(spool: Spool, data: bytes) -> str | None:
+    """The spool path of the instance whose bytes a record holds (from its header), or None."""
     try:
         ds = dcmread(io.BytesIO(data), stop_before_pixels=True)
         study, instance = str(ds.StudyInstanceUID), str(ds.file_meta.MediaStorageSOPInstanceUID)
