@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.listener import OUT, ct_set, cxr_set, send, start_prelim
+from bench.listener import add_set_arguments, chosen_set, send, start_prelim
 
 TRACING = Path("/sys/kernel/tracing")
 EVENTS = ("block/block_rq_issue", "block/block_rq_complete")
@@ -137,14 +137,12 @@ def summary(requests: list[Request], instances: int, data_kb: int = 128) -> list
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--set", choices=["ct", "cxr"], default="ct")
-    parser.add_argument("--count", type=int, help="instances (default: 300 CT, 60 CXR)")
-    parser.add_argument("--work", type=Path, default=OUT / "work")
+    add_set_arguments(parser)
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         raise SystemExit("the block tracepoints need root")
     _mount_tracefs()
-    files = ct_set(args.count or 300) if args.set == "ct" else cxr_set(args.count or 60)
+    files = chosen_set(args)
     args.work.mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(dir=args.work))
     os.sync()

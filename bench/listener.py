@@ -49,6 +49,18 @@ def ct_set(count: int) -> list[Path]:
     return sorted(folder.glob("*.dcm"))[:count]
 
 
+def add_set_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--set``, ``--count`` and ``--work``, for the benches that send one set to one listener."""
+    parser.add_argument("--set", choices=["ct", "cxr"], default="ct")
+    parser.add_argument("--count", type=int, help="instances (default: 300 CT, 60 CXR)")
+    parser.add_argument("--work", type=Path, default=OUT / "work")
+
+
+def chosen_set(args: argparse.Namespace) -> list[Path]:
+    """The files ``add_set_arguments``'s options name."""
+    return ct_set(args.count or 300) if args.set == "ct" else cxr_set(args.count or 60)
+
+
 def huge_instance(megabytes: int = 1024) -> Path:
     """One multi-frame CT instance of about ``megabytes`` MB of pixel data."""
     path = OUT / f"huge-{megabytes}.dcm"

@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from bench.listener import OUT, PDU, ct_set, cxr_set, send
+from bench.listener import PDU, add_set_arguments, chosen_set, send
 
 Event = tuple[str, int, int]  # (step, start ns, end ns)
 # Steps not placed after the last fragment: the bounds themselves, and the
@@ -148,16 +148,14 @@ def report(events: list[Event], instances: int, seconds: float) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--set", choices=["ct", "cxr"], default="ct")
-    parser.add_argument("--count", type=int, help="instances (default: 300 CT, 60 CXR)")
-    parser.add_argument("--work", type=Path, default=OUT / "work")
+    add_set_arguments(parser)
     args = parser.parse_args(argv)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from dicom_listener.service import start_listener
     from prelim.database import open_database
     from prelim.settings import load_settings
 
-    files = ct_set(args.count or 300) if args.set == "ct" else cxr_set(args.count or 60)
+    files = chosen_set(args)
     args.work.mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(dir=args.work))
     os.environ["PRELIM_CONFIG"] = str(folder / "absent.toml")  # no local prelim.toml
