@@ -20,6 +20,7 @@ from pynetdicom import AE, _config
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from dicom_listener import uids
 from dicom_listener.assembly import Assembler
 from dicom_listener.handlers import handlers_for
 from dicom_listener.incoming import TempFiles, records_possible
@@ -27,7 +28,7 @@ from dicom_listener.receiver import Receiver
 from dicom_listener.recovery import recover
 from dicom_listener.security import allowed_calling_titles, tls_context
 from dicom_listener.spool import Spool
-from dicom_listener.transport import ListenerServer, install_temp_file_hook
+from dicom_listener.transport import ListenerServer, freeze_start_up, install_temp_file_hook
 from prelim.database import Database, open_database
 from prelim.logs import quiet_pynetdicom
 from prelim.settings import Settings
@@ -100,6 +101,7 @@ def start_listener(
     # Receive each dataset straight to a file, so memory stays flat for huge instances.
     _config.STORE_RECV_CHUNKED_DATASET = True
     install_temp_file_hook()
+    uids.install()  # association negotiation without thousands of regex checks
     spool = Spool(settings.resolved_spool_dir)
     records = records_possible(spool)
     log.info(
@@ -159,6 +161,7 @@ def serve(settings: Settings, trigger: Callable[[str], None] | None = None) -> i
     database = open_database(settings)
     try:
         handle = start_listener(settings, database, trigger)
+        freeze_start_up()
         print(
             f"prelim listener: AE {settings.ae_title} at {settings.listener_host}:{handle.port}",
             flush=True,

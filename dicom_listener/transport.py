@@ -13,6 +13,14 @@ pynetdicom's acceptor is kept; a few of its seams are used:
   handing out each PDU that fits as a view into it (one ``recv`` for what the
   kernel holds, instead of 4 KB ``recv`` calls).
 - the association's DUL and DIMSE providers: event-driven (``reactor.py``).
+- the accept loop's housekeeping: pynetdicom collects all of the process's
+  garbage every 60 turns of the loop (every 12 s when idle, or every 60
+  associations). That full collection took 90-114 ms here, holding the GIL,
+  so every transfer under way stalled for that long. Here it runs only while
+  no association is active; and once the listener has started, the objects
+  made at start-up are frozen out of the collector's reach
+  (``freeze_start_up``), so a full collection, the interpreter's own
+  included, takes a few milliseconds.
 - the chunked-receive temp file: created in the spool's ``.incoming`` folder
   (same file system, so storing is a link) and hashed while it is written
   (``incoming.py``), for the messages pynetdicom itself serves; C-STORE and
@@ -21,6 +29,7 @@ pynetdicom's acceptor is kept; a few of its seams are used:
 
 from __future__ import annotations
 
+import gc
 import ipaddress
 import logging
 import socket
@@ -64,6 +73,19 @@ def install_temp_file_hook() -> None:
         dimse_messages.NamedTemporaryFile = _incoming_temp_file  # type: ignore[attr-defined]
 
 
+def freeze_start_up() -> None:
+    """Collect once, then keep every object alive now out of later collections.
+
+    Called once the listener runs (``service.serve``, ``prelim run``): the
+    100 000-odd objects of the imported libraries, settings and engines live
+    as long as the process, and a full collection that walks them took about
+    100 ms holding the GIL. Garbage made later (ended associations, say) is
+    collected as before.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 class FastSocket(AssociationSocket):
     def _shutdown_socket(self) -> None:
         # pynetdicom skips close() when shutdown() fails (the peer is already
@@ -76,6 +98,10 @@ class FastSocket(AssociationSocket):
         except OSError:
             pass
         sock.close()
+        # The 1 MB read-ahead buffer goes now, not with the association's
+        # reference cycles at the next full collection.
+        self._rx = self._rx_view = None
+        self._lo = self._hi = 0
 
     # Read-ahead: bytes received from the socket but not yet taken are
     # ``_rx[_lo:_hi]``. One recv takes whatever the kernel holds (often several
@@ -215,6 +241,15 @@ class ListenerServer(ThreadedAssociationServer):
         kwargs["request_handler"] = ListenerRequestHandler
         super().__init__(*args, **kwargs)
         self.contexts = SharedContexts(self.contexts)
+
+    def service_actions(self) -> None:
+        # pynetdicom's: a full collection every 60 turns (module docstring);
+        # here only when it stalls no transfer. A busy listener still has the
+        # interpreter's own collections, which find the same garbage.
+        self._gc[0] += 1
+        if self._gc[0] >= self._gc[1] and not self.ae.active_associations:
+            self._gc[0] = 0
+            gc.collect()
 
     def allows(self, host: str) -> bool:
         if not self.networks:

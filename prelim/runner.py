@@ -98,6 +98,7 @@ def embedded_stack(settings: Settings, *, review: bool = True) -> Iterator[dict[
             info["dashboard"] = os.environ["PREFECT_API_URL"].removesuffix("/api")
 
         from dicom_listener.service import start_listener
+        from dicom_listener.transport import freeze_start_up
         from flows.local import LocalPipeline
         from flows.worker import ensure_gpu_limit
 
@@ -107,6 +108,7 @@ def embedded_stack(settings: Settings, *, review: bool = True) -> Iterator[dict[
         stack.callback(pipeline.stop)
         listener = start_listener(settings, database, trigger=pipeline.submit)
         stack.callback(listener.stop)
+        freeze_start_up()
         info.update(listener=listener, pipeline=pipeline, database=database)
         if app is not None:
             stack.enter_context(review_server(settings, app))
