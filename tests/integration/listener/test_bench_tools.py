@@ -133,3 +133,30 @@ def test_disktrace_traces_a_real_listener(
     assert "instances/s" in out and "for 5 instances" in out
     assert "| flush |" in out  # each durable instance ends with a flush of the disk
     assert list((tmp_path / "work").iterdir()) == []
+
+
+def test_one_association_per_instance_against_dcmtk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bench import associations
+
+    monkeypatch.setattr(bench.listener, "OUT", tmp_path)
+    work = tmp_path / "work"
+    code = associations.main(["--count", "3", "--rounds", "2", "--work", str(work)])
+    assert code == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| DCMTK") or "| prelim" in line]
+    assert len(rows) == 4  # two receivers, two rounds
+    assert all(line.endswith("|") and float(line.split("|")[3]) > 0 for line in rows)
+    assert "prelim listen: median ratio to DCMTK" in out
+    assert list(work.iterdir()) == []  # each run's files removed
+
+
+def test_the_disk_cost_of_a_write_and_its_flush_is_measured(tmp_path: Path) -> None:
+    from bench import disk
+
+    rows = disk.measure(tmp_path, (0, 64, 256), repeats=3)
+    assert [kb for kb, _, _ in rows] == [0, 64, 256]
+    assert rows[0][1] == 0.0 and all(w > 0 for _, w, _ in rows[1:])
+    assert all(flush > 0 for _, _, flush in rows)
+    assert list(tmp_path.iterdir()) == []
