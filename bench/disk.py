@@ -72,9 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.platform()}")
     print(f"folder: {args.work}, {args.repeats} repeats, medians")
     print()
-    print(
-        "| written, KB | direct write, ms | then a 4 KB write and flush, ms | write + flush, ms/MB |"
-    )
+    print("| written, KB | direct write, ms | then 4 KB and a flush, ms | write + flush, ms/MB |")
     print("| --- | --- | --- | --- |")
     for kb, write_ms, flush_ms in measure(args.work, SIZES_KB, args.repeats):
         per_mb = f"{(write_ms + flush_ms) / (kb / 1024):.2f}" if kb else "-"
