@@ -76,7 +76,7 @@ def install_temp_file_hook() -> None:
 def freeze_start_up() -> None:
     """Collect once, then keep every object alive now out of later collections.
 
-    Called once the listener runs (``service.serve``, ``prelim run``): the
+    Called once the listener runs (``service.serve``, ``runner.run_all``): the
     100 000-odd objects of the imported libraries, settings and engines live
     as long as the process, and a full collection that walks them took about
     100 ms holding the GIL. Garbage made later (ended associations, say) is

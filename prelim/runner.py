@@ -98,7 +98,6 @@ def embedded_stack(settings: Settings, *, review: bool = True) -> Iterator[dict[
             info["dashboard"] = os.environ["PREFECT_API_URL"].removesuffix("/api")
 
         from dicom_listener.service import start_listener
-        from dicom_listener.transport import freeze_start_up
         from flows.local import LocalPipeline
         from flows.worker import ensure_gpu_limit
 
@@ -108,7 +107,6 @@ def embedded_stack(settings: Settings, *, review: bool = True) -> Iterator[dict[
         stack.callback(pipeline.stop)
         listener = start_listener(settings, database, trigger=pipeline.submit)
         stack.callback(listener.stop)
-        freeze_start_up()
         info.update(listener=listener, pipeline=pipeline, database=database)
         if app is not None:
             stack.enter_context(review_server(settings, app))
@@ -126,7 +124,10 @@ def _has_reviewers(database: Database) -> bool:
 
 
 def run_all(settings: Settings) -> int:
+    from dicom_listener.transport import freeze_start_up
+
     with embedded_stack(settings) as info:
+        freeze_start_up()  # the process's start-up objects: out of later collections
         listener = info["listener"]
         where = f"{settings.listener_host}:{listener.port}"
         print(
