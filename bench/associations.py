@@ -16,30 +16,19 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.listener import OUT, PDU, ct_set, send, start_dcmtk, start_prelim
+from bench.listener import OUT, PDU, ct_set, running, send, start_dcmtk, start_prelim
 
 
 def measure(files: list[Path], start: Callable[[Path], Any], root: Path) -> dict[str, float]:
-    folder = Path(tempfile.mkdtemp(dir=root))
-    os.sync()
-    process, port = start(folder)
-    try:
-        times = []
-        for path in files:
-            times.append(send(port, [path]))
-    finally:
-        process.terminate()
-        process.wait(30)
-        shutil.rmtree(folder, ignore_errors=True)
+    with running(start, root) as (_, port):
+        times = [send(port, [path]) for path in files]
     return {"per_s": len(files) / sum(times), "slowest_ms": 1000 * max(times)}
 
 

@@ -11,6 +11,7 @@ going first. Run: ``python -m bench.listener`` (data cached in bench/out/).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import shutil
@@ -21,6 +22,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -180,19 +182,29 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def measure(name: str, files: list[Path], start: object, root: Path) -> dict[str, float]:
+@contextlib.contextmanager
+def running(start: object, root: Path) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """A receiver started by ``start`` in a new folder of ``root``: its process and port.
+
+    Stopped, and its folder removed, at the end.
+    """
     folder = Path(tempfile.mkdtemp(dir=root))
     # What an earlier run left in the page cache (DCMTK's 2 GB of CXR, not yet
     # on disk when it answers) is written back now, not during this run.
     os.sync()
     process, port = start(folder)  # type: ignore[operator]
     try:
-        seconds = send(port, files)
-        rss = peak_rss_mb(process.pid)
+        yield process, port
     finally:
         process.terminate()
         process.wait(30)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def measure(name: str, files: list[Path], start: object, root: Path) -> dict[str, float]:
+    with running(start, root) as (process, port):
+        seconds = send(port, files)
+        rss = peak_rss_mb(process.pid)
     size = sum(p.stat().st_size for p in files) / 1e6
     return {"per_s": len(files) / seconds, "mb_s": size / seconds, "rss": rss}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,6 +67,17 @@ class Running:
         found = list(self.incoming.iterdir())  # first: a name made after this is not listed
         ahead = self.handle.server.receiver.temp_files.ready()
         return [path for path in found if path not in ahead]
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float = 10.0) -> bool:
+    """Poll ``condition`` until it holds or ``timeout_s`` passes; whether it held."""
+    deadline = time.monotonic() + timeout_s
+    pause = threading.Event()
+    while not condition():
+        if time.monotonic() >= deadline:
+            return False
+        pause.wait(0.02)
+    return True
 
 
 def listener_settings(settings: Settings, database: Database | None = None, **kw: Any) -> Settings:

@@ -12,7 +12,7 @@ from db.tables import Study, StudyState
 from dicom_listener.assembly import Assembler
 from prelim.database import Database
 from prelim.synthetic import make_ct_series
-from tests.integration.listener.conftest import StartListener, associate
+from tests.integration.listener.conftest import StartListener, associate, wait_until
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 EXPLICIT = "1.2.840.10008.1.2.1"
@@ -23,15 +23,6 @@ def _send(port: int, datasets: list) -> list[int]:
     statuses = [int(assoc.send_c_store(d).Status) for d in datasets]
     assoc.release()
     return statuses
-
-
-def _wait_for(condition, timeout_s: float = 10.0) -> None:
-    # The trigger runs before its record commits: poll the record.
-    pause = threading.Event()
-    for _ in range(int(timeout_s / 0.05)):
-        if condition():
-            return
-        pause.wait(0.05)
 
 
 def _study(database: Database) -> Study:
@@ -48,7 +39,8 @@ def test_ready_triggers_once_survives_restart_and_reopens(
     listener = start(database, stable_age_s=0.3)
     assert _send(listener.port, series[:2]) == [0, 0]
     assert listener.triggers.event.wait(10)
-    _wait_for(lambda: _study(database).triggered_generation == 1)
+    # The trigger runs before its record commits: poll the record.
+    wait_until(lambda: _study(database).triggered_generation == 1)
     study = _study(database)
     assert listener.triggers.keys == [study.study_key]
     assert (study.state, study.generation, study.triggered_generation) == (StudyState.READY, 1, 1)
@@ -65,7 +57,7 @@ def test_ready_triggers_once_survives_restart_and_reopens(
     # A late instance re-opens the study: a new generation, triggered once.
     assert _send(again.port, series[2:]) == [0]
     assert again.triggers.event.wait(10)
-    _wait_for(lambda: _study(database).triggered_generation == 2)
+    wait_until(lambda: _study(database).triggered_generation == 2)
     study = _study(database)
     assert again.triggers.keys == [study.study_key]
     assert (study.generation, study.triggered_generation, study.instance_count) == (2, 2, 3)

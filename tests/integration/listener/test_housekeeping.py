@@ -3,27 +3,19 @@
 from __future__ import annotations
 
 import gc
-import time
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from dicom_listener import transport
-from tests.integration.listener.conftest import Running, associate
+from tests.integration.listener.conftest import Running, associate, wait_until
 
 VERIFICATION = "1.2.840.10008.1.1"
 
 
 def _acceptors(listener: Running) -> list[Any]:
     return [a for a in listener.handle.ae.active_associations if not a.is_requestor]
-
-
-def _wait_for(condition: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 def test_full_collection_waits_until_no_association_is_active(
@@ -35,7 +27,7 @@ def test_full_collection_waits_until_no_association_is_active(
     assoc = associate(listener.port, [(VERIFICATION, ["1.2.840.10008.1.2"])])
     assert assoc.is_established
     try:
-        _wait_for(lambda: bool(_acceptors(listener)))
+        assert wait_until(lambda: bool(_acceptors(listener)))
         # pynetdicom's loop would collect on this turn, and on every later one it counts.
         for _ in range(5):
             server._gc[0] = server._gc[1]
@@ -44,7 +36,7 @@ def test_full_collection_waits_until_no_association_is_active(
         assert int(assoc.send_c_echo().Status) == 0x0000  # the association still serves
     finally:
         assoc.release()
-    _wait_for(lambda: not _acceptors(listener))
+    assert wait_until(lambda: not _acceptors(listener))
     server._gc[0] = server._gc[1]
     server.service_actions()
     assert collections
@@ -69,12 +61,12 @@ def test_read_ahead_buffer_is_released_when_the_association_ends(listener: Runni
     assoc = associate(listener.port, [(VERIFICATION, ["1.2.840.10008.1.2"])])
     assert assoc.is_established
     try:
-        _wait_for(lambda: bool(_acceptors(listener)))
+        assert wait_until(lambda: bool(_acceptors(listener)))
         sock = _acceptors(listener)[0].dul.socket
         assert int(assoc.send_c_echo().Status) == 0x0000
         assert sock._rx is not None  # the echo was read through it
     finally:
         assoc.release()
-    _wait_for(lambda: sock.socket is None or sock.socket.fileno() < 0)
-    _wait_for(lambda: sock._rx is None)
+    assert wait_until(lambda: sock.socket is None or sock.socket.fileno() < 0)
+    assert wait_until(lambda: sock._rx is None)
     assert sock._rx_view is None
