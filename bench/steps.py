@@ -33,6 +33,9 @@ Event = tuple[str, int, int]  # (step, start ns, end ns)
 # temp file (opened with the command; or, with none made ahead, created after
 # the answer for the next data set).
 _NOT_PLACED = {"finish", "command", "temp file opened or created"}
+# A data set's writes, by the writer thread or submitted with AIO: the first and
+# the last are placed apart.
+_WRITES = {"w: write", "w: AIO write submitted"}
 
 # (module, attribute path, step name). Steps on the writer thread start with "w:".
 STEPS = [
@@ -44,6 +47,10 @@ STEPS = [
     ("db.engine", "DirectTransaction.commit", "index: commit"),
     ("dicom_listener.incoming", "IncomingFile.flushed", "the file's fsync (waited for, or done)"),
     ("dicom_listener.incoming", "IncomingFile._write_chunks", "w: write"),
+    # A record written with native AIO from the receiving thread: the
+    # submissions (the disk's time is then in the wait, ``flushed``).
+    ("dicom_listener.aio", "Ring.submit", "w: AIO write submitted"),
+    ("dicom_listener.incoming", "IncomingFile._start_final", "w: AIO last write submitted"),
     ("dicom_listener.incoming", "IncomingFile._complete", "w: fsync, or the fingerprint"),
     ("dicom_listener.spool", "Spool.place", "link (after the fsync wait)"),
     ("dicom_listener.spool", "Spool.link", "link into the spool"),
@@ -113,7 +120,7 @@ def report(events: list[Event], instances: int, seconds: float) -> list[str]:
             if step in _NOT_PLACED or start < earliest or start > finish_end:
                 continue
             span = ((start - finish_start) / 1e3, (end - finish_start) / 1e3)
-            if step == "w: write":
+            if step in _WRITES:
                 writes.append(span)
             else:
                 placed[step].append(span)

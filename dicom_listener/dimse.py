@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from dicom_listener import statuses
+from dicom_listener import aio, statuses
 from dicom_listener.incoming import DiskWriter, IncomingFile, prepare
 from dicom_listener.receiver import StoreRequest
 
@@ -53,6 +53,9 @@ _C_STORE_RQ, _C_STORE_RSP = 0x0001, 0x8001
 _C_ECHO_RQ, _C_ECHO_RSP = 0x0030, 0x8030
 _NO_DATA_SET = 0x0101
 _COMMAND, _LAST = 0x01, 0x02
+
+# AIO writes one association may have in flight: a record's chunks and its last write.
+_AIO_DEPTH = 8
 
 _PDV = struct.Struct(">LBB")  # item length, presentation context ID, message control header
 _ELEMENT = struct.Struct("<HHL")  # group, element, length (Implicit VR Little Endian)
@@ -165,6 +168,10 @@ class DataPath:
         self._store: _Store | None = None
         # Writes this association's temp files (one thread, chunks reused).
         self._writing = DiskWriter()
+        # Record files are written from this thread with native AIO where
+        # the kernel gives a context (``aio.py``); made with the first one.
+        self._ring: aio.Ring | None = None
+        self._ring_tried = False
         # Linked into the spool before their fsync, where that one fsync also
         # makes the name durable (``spool.py``).
         self._seal = receiver.spool.names_durable_with_file
@@ -263,7 +270,9 @@ class DataPath:
         made = self.receiver.temp_files.take()
         if made is not None:
             try:
-                return IncomingFile(folder, self._writing, made=made, seal=self._seal)
+                return IncomingFile(
+                    folder, self._writing, made=made, seal=self._seal, ring=self._aio_ring()
+                )
             except OSError:  # removed behind our back, say: drop it and make one
                 with contextlib.suppress(OSError):
                     os.unlink(made)
@@ -272,6 +281,12 @@ class DataPath:
             return spare.result()
         # None made yet, or it failed: this attempt reports why.
         return IncomingFile(folder, self._writing, seal=self._seal)
+
+    def _aio_ring(self) -> aio.Ring | None:
+        if not self._ring_tried:
+            self._ring_tried = True
+            self._ring = aio.Ring.open(_AIO_DEPTH)
+        return self._ring
 
     @staticmethod
     def _failed(store: _Store, exc: OSError) -> None:
@@ -311,6 +326,7 @@ class DataPath:
                     sealed=file.sealed,
                     record=file.record,
                     keep=file.keep,
+                    progress=file.advance,
                 )
         except Exception:
             log.exception("C-STORE failed for instance %s", request.sop_instance_uid)
@@ -351,3 +367,6 @@ class DataPath:
         if spare is not None and spare.exception() is None:
             spare.result().discard()
         self._writing.close()
+        if self._ring is not None:
+            self._ring.close()
+            self._ring = None

@@ -25,6 +25,17 @@ association's writer thread (``DiskWriter``):
   ``_DIRECT_DEPTH`` chunks: when the disk falls behind, the receiving thread
   waits, so memory stays flat whatever the instance's size.
 
+A record file (``record.py``: made ahead, its blocks already written) is
+written without the writer thread where the kernel has native AIO
+(``aio.py``): the receiving thread submits each full chunk as it is filled
+and goes on; the record's last write (``RWF_DSYNC``) is submitted once the
+others are done, looked at again between the store's steps (``advance``),
+and ``flushed`` waits for it. Each hand-over to the writer thread had to
+wait for that thread to be scheduled and to win the GIL from the receiving
+thread, which holds it while the data set arrives: a CT slice's first chunk
+often went to the disk only with its last, and the answer came 15 % later
+(``bench/RESULTS.md``).
+
 Hashing on the receiving thread, not a thread of its own, is deliberate: a
 hash thread has to win the GIL for every chunk, and that hand-off costs more
 than the hash (5 µs per chunk).
@@ -64,7 +75,7 @@ from typing import Any
 
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 
-from dicom_listener import fingerprint, record
+from dicom_listener import aio, fingerprint, record
 from dicom_listener.spool import DIGEST_XATTR, Spool, fsync_path, in_background
 
 
@@ -474,6 +485,24 @@ def file_meta(sop_class: str, sop_instance: str, transfer_syntax: str) -> bytes:
     return b"\0" * 128 + b"DICM" + length + elements
 
 
+PAGE_BYTES = record.PAGE
+
+
+class _Final:
+    """The last write of a record written with AIO: its bytes, and how it went."""
+
+    __slots__ = ("chunk", "done", "error", "padded", "page", "ticket", "views")
+
+    def __init__(self, chunk: memoryview | None, padded: int, page: mmap.mmap) -> None:
+        self.chunk = chunk
+        self.padded = padded
+        self.page = page
+        self.views: list[memoryview] = []
+        self.ticket: int | None = None
+        self.error: OSError | None = None
+        self.done = False
+
+
 class IncomingFile:
     """A write-only temp file in ``folder`` (see the module docstring).
 
@@ -489,6 +518,7 @@ class IncomingFile:
         writer: DiskWriter | None = None,
         made: Path | None = None,
         seal: bool = False,
+        ring: aio.Ring | None = None,
     ) -> None:
         # ``made``: an empty file made ahead (``TempFiles``), opened instead of created.
         self.path = made if made is not None else folder / _temp_name()
@@ -535,6 +565,12 @@ class IncomingFile:
         self._nonce = record.nonce_of(made) if made is not None and self._prepared else None
         self._record = False
         self._kept = False
+        # A record file written from this thread with native AIO (``aio.py``)
+        # rather than by the writer thread: its chunks in flight by ticket,
+        # and once finished as a record, its last write (``_Final``).
+        self._ring = ring if writer is not None and self._prepared and self._direct else None
+        self._flying: dict[int, memoryview] = {}
+        self._final: _Final | None = None
 
     @property
     def direct(self) -> bool:
@@ -592,10 +628,43 @@ class IncomingFile:
             if self._fill == CHUNK:
                 chunk, self._chunk = self._chunk, None
                 self._digest.update(chunk)
-                writer.submit(self, chunk, self._offset, CHUNK)
+                if not self._submit_aio(chunk):
+                    writer.submit(self, chunk, self._offset, CHUNK)
                 self._offset += CHUNK
         self.size += end
         return end
+
+    def _submit_aio(self, chunk: memoryview) -> bool:
+        """Start writing a full chunk from this thread (``aio.py``); False: the writer's job.
+
+        Only a record file's chunks that a record can hold go this way; past
+        that, or when a submission fails, the writes in flight are collected
+        and the file goes on with the writer thread, in order.
+        """
+        ring = self._ring
+        if ring is None:
+            return False
+        if self._error is None and self._offset + CHUNK <= record.RECORD_BYTES - PAGE_BYTES:
+            try:
+                self._flying[ring.submit(self._out, [chunk], self._offset)] = chunk
+                return True
+            except OSError:
+                pass  # the writer thread writes it, and reports any error
+        self._collect(block=True)
+        self._ring = None
+        return False
+
+    def _collect(self, block: bool) -> None:
+        """Collect this file's completed AIO writes (``block``: all of them), chunks given back."""
+        ring = self._ring
+        if ring is None or not self._flying:
+            return
+        for ticket, result in ring.wait(block):
+            chunk = self._flying.pop(ticket)
+            if result != len(chunk) and self._error is None:
+                code = -result if result < 0 else errno.EIO
+                self._error = OSError(code, os.strerror(code))
+            self._disk_writer().release(chunk)
 
     def _disk_writer(self) -> DiskWriter:
         if self._writer is not None:
@@ -706,13 +775,23 @@ class IncomingFile:
             self._sync = in_background(_fsync_and_close, fd)
             return
         self._written = True
-        if (
+        fits = (
             self._nonce is not None
             and self._seal
             and self._out_direct
             and self._error is None
             and record.fits(self.size)
-        ):
+        )
+        if fits and self._ring is not None:
+            assert self._nonce is not None
+            self._finish_record_aio(self._nonce)
+            return
+        if self._ring is not None:
+            # Not a record after all: the writer thread goes on, after these.
+            self._collect(block=True)
+            self._ring = None
+        if fits:
+            assert self._nonce is not None
             self._finish_record(self._writer, self._nonce)
             return
         if self._chunk is not None:
@@ -741,6 +820,75 @@ class IncomingFile:
         self._sync = sync
         self._record = True
         writer.call(self._write_record, writer, chunk, padded, page, fd, sync)
+
+    def _finish_record_aio(self, nonce: bytes) -> None:
+        """``_finish_record`` from this thread: the last write starts once the others are done."""
+        chunk, self._chunk = self._chunk, None
+        padded = 0
+        if chunk is not None:
+            with memoryview(chunk) as view:
+                self._digest.update(view[: self._fill])
+            padded = record.padded(self._fill)
+            chunk[self._fill : padded] = bytes(padded - self._fill)
+        page = mmap.mmap(-1, ALIGNMENT)
+        page[:] = record.trailer(self.size, nonce, self.digest())
+        self._fd = -1  # ``_out`` stays open until the last write is collected
+        self._record = True
+        self._final = _Final(chunk, padded, page)
+        self.advance()
+
+    def advance(self) -> None:
+        """Move an AIO record on without waiting: collect what is done, start its last write.
+
+        Called at ``finish`` and by the store between its steps, so that the
+        last write (which must follow the others: its flush covers only
+        writes already done) starts as soon as it can.
+        """
+        final = self._final
+        if final is None or final.ticket is not None or final.error is not None:
+            return
+        self._collect(block=False)
+        if not self._flying:
+            self._start_final(final)
+
+    def _start_final(self, final: _Final) -> None:
+        ring = self._ring
+        assert ring is not None
+        if self._error is not None:
+            final.error = self._error
+            return
+        views = [memoryview(final.chunk)[: final.padded]] if final.chunk is not None else []
+        views.append(memoryview(final.page))
+        final.views = views
+        try:
+            final.ticket = ring.submit(self._out, views, self._offset, os.RWF_DSYNC)
+        except OSError as exc:
+            final.error = exc.with_traceback(None)
+
+    def _end_final(self) -> None:
+        """Wait for an AIO record's last write (after the others), then release it all."""
+        final = self._final
+        assert final is not None and self._ring is not None
+        if final.done:
+            return
+        try:
+            self._collect(block=True)
+            if final.ticket is None and final.error is None:
+                self._start_final(final)
+            if final.ticket is not None:
+                for _, result in self._ring.wait(block=True):
+                    if result != final.padded + ALIGNMENT:
+                        code = -result if result < 0 else errno.EIO
+                        final.error = OSError(code, os.strerror(code))
+        finally:
+            final.done = True
+            for view in final.views:
+                view.release()
+            if final.chunk is not None:
+                self._disk_writer().release(final.chunk)
+            final.page.close()
+            os.close(self._out)
+            self._readable.set()
 
     def _write_record(
         self,
@@ -808,6 +956,8 @@ class IncomingFile:
     def readable(self) -> None:
         """Wait until the file holds every byte (for reading it back; not yet durable)."""
         self.finish()
+        if self._final is not None:
+            self._end_final()  # its error, if any, is raised by ``flushed``
         self._readable.wait()
 
     def flushed(self) -> None:
@@ -818,6 +968,11 @@ class IncomingFile:
         durable too (on the file systems where ``seal`` is used).
         """
         self.finish()
+        if self._final is not None:
+            self._end_final()
+            if self._final.error is not None:
+                raise self._final.error
+            return
         assert self._sync is not None
         fd, self._held = self._held, -1
         if fd < 0:
@@ -839,6 +994,12 @@ class IncomingFile:
 
         Raises the OSError of a failed write (the file is then not complete).
         """
+        if self._final is not None:
+            self._end_final()  # an error was or will be reported by flushed()
+            return
+        if self._ring is not None:
+            self._collect(block=True)  # no write of ours may outlive the file
+            self._ring = None
         if self._sync is not None:
             self._sync.exception()  # wait; an error was or will be reported by flushed()
             fd, self._held = self._held, -1

@@ -110,6 +110,7 @@ class Receiver:
         sealed: bool = False,
         record: bool = False,
         keep: Callable[[], None] | None = None,
+        progress: Callable[[], None] | None = None,
     ) -> Outcome:
         """Store the instance in ``temp`` (consumed or left for the caller to delete).
 
@@ -125,7 +126,8 @@ class Receiver:
         ``record``: ``temp`` is a record file (``record.py``) and ``flushed``
         waits for its one durable write; once indexed it is handed to the
         settler for its spool name, and ``keep`` is called (the temp name is
-        no longer the caller's to remove).
+        no longer the caller's to remove). ``progress`` is called between the
+        steps (after the header check), for the caller's writes to move on.
         """
         uid = request.sop_instance_uid
         if self.spool.free_mb() < self.min_free_disk_mb:
@@ -139,6 +141,8 @@ class Receiver:
         except InstanceRejected as exc:
             log.warning("instance %s refused (0x%04X): %s", uid, exc.status, exc)
             return Outcome(exc.status, str(exc))
+        if progress is not None:
+            progress()
         study = replace(
             header.study,
             priority=max(header.study.priority, request_priority(request.priority)),

@@ -11,7 +11,8 @@ that fits in ``RECORD_BYTES`` there is a shorter way:
   block are already on disk (``prepare``).
 - The data set is written into it with direct I/O, as any temp file, but
   every write is an overwrite of blocks already written: nothing of the
-  inode changes but its times. The last write carries the last bytes,
+  inode changes but its times (and so, with native AIO, each write is
+  queued to the disk at once: ``aio.py``). The last write carries the last bytes,
   zero-padded to a page, and right after them a *trailer* page (``trailer``:
   the length, the fingerprint, the nonce of the file's name), with
   ``RWF_DSYNC``: once it returns, bytes and trailer are on disk, and the

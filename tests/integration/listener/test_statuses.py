@@ -42,21 +42,45 @@ def test_disk_full_is_out_of_resources(start: StartListener) -> None:
     assert not listener.leftovers()
 
 
+@pytest.mark.parametrize("way", ["writer thread", "aio"])
 def test_failed_disk_write_is_out_of_resources(
-    listener: Running, monkeypatch: pytest.MonkeyPatch
+    listener: Running, monkeypatch: pytest.MonkeyPatch, way: str
 ) -> None:
-    """An I/O error while the data set is written (the disk, not the space check) is 0xA700."""
+    """An I/O error while the data set is written (the disk, not the space check) is 0xA700.
+
+    Either way a file is written: by the association's writer thread, or (a
+    record, where the kernel has native AIO) submitted from the receiving thread.
+    """
     import errno
     import os
 
-    def failing(fd: int, data: object, offset: int) -> int:
+    from dicom_listener import aio
+
+    def failing(fd: int, data: object, offset: int, *flags: int) -> int:
         raise OSError(errno.EIO, "Input/output error")
 
     monkeypatch.setattr(os, "pwritev", failing)
+    failed: list[int] = []
+    if way == "writer thread":
+        monkeypatch.setattr(aio.Ring, "open", classmethod(lambda cls, depth: None))
+    else:
+        probe = aio.Ring.open(1)
+        if probe is None:
+            pytest.skip("no native AIO here")
+        probe.close()
+        real_wait = aio.Ring.wait
+
+        def completions_fail(self: aio.Ring, block: bool = True) -> list[tuple[int, int]]:
+            done = real_wait(self, block)
+            failed.extend(ticket for ticket, _ in done)
+            return [(ticket, -errno.EIO) for ticket, _ in done]
+
+        monkeypatch.setattr(aio.Ring, "wait", completions_fail)
     assoc = _open(listener)
     answer = assoc.send_c_store(_ct(seed=3, size=512))  # more than one chunk
     assert answer.Status == statuses.OUT_OF_RESOURCES
     assert "cannot write the spool" in str(answer.ErrorComment)
+    assert (way == "aio") is bool(failed)  # the AIO way was taken, and failed
     monkeypatch.undo()
     assert assoc.send_c_store(_ct(seed=4)).Status == statuses.SUCCESS
     assoc.release()

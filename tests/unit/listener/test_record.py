@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import xxhash
 
-from dicom_listener import record
+from dicom_listener import aio, record
 from dicom_listener.incoming import CHUNK, DiskWriter, IncomingFile, TempFiles, records_possible
 from dicom_listener.settle import Settler, Waiting, settle
 from dicom_listener.spool import DIGEST_XATTR, Spool
@@ -41,8 +42,10 @@ def _made(spool: Spool) -> Path:
     return path
 
 
-def _record(spool: Spool, data: bytes, writer: DiskWriter) -> IncomingFile:
-    file = IncomingFile(spool.incoming, writer, made=_made(spool), seal=True)
+def _record(
+    spool: Spool, data: bytes, writer: DiskWriter, ring: aio.Ring | None = None
+) -> IncomingFile:
+    file = IncomingFile(spool.incoming, writer, made=_made(spool), seal=True, ring=ring)
     for start in range(0, len(data), 70_001):
         file.write(data[start : start + 70_001])
     file.finish()
@@ -95,15 +98,33 @@ def test_record_files_made_ahead_are_zeros_of_the_record_size(tmp_path: Path) ->
     assert not any(spool.incoming.iterdir())
 
 
+@pytest.fixture(params=["writer thread", "aio"])
+def ring(request: pytest.FixtureRequest) -> Iterator[aio.Ring | None]:
+    """No ring (the writer thread writes), or an AIO ring (this thread submits)."""
+    if request.param == "writer thread":
+        yield None
+        return
+    opened = aio.Ring.open(8)
+    if opened is None:
+        pytest.skip("no native AIO here")
+    yield opened
+    assert len(opened) == 0  # nothing left in flight
+    opened.close()
+
+
 @pytest.mark.parametrize(
     "size",
     [200, 4095, 4096, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK + 12345, record.RECORD_BYTES - 4096],
 )
-def test_an_instance_that_fits_is_finished_as_a_record(tmp_path: Path, size: int) -> None:
+def test_an_instance_that_fits_is_finished_as_a_record(
+    tmp_path: Path, size: int, ring: aio.Ring | None
+) -> None:
     spool = _spool(tmp_path)
     writer = DiskWriter()
     data = _dicomish(size)
-    file = _record(spool, data, writer)
+    file = _record(spool, data, writer, ring)
+    # Every write from this thread: each full chunk, then the last one.
+    assert ring is None or ring.submitted == size // CHUNK + 1
     assert file.record
     assert record.read(file.path, record.nonce_of(file.path)) == (size, _digest(data))
     assert file.path.read_bytes()[:size] == data
@@ -115,12 +136,12 @@ def test_an_instance_that_fits_is_finished_as_a_record(tmp_path: Path, size: int
     "size", [record.RECORD_BYTES - 4095, record.RECORD_BYTES, record.RECORD_BYTES + 5]
 )
 def test_one_that_does_not_fit_is_written_the_ordinary_way_at_its_length(
-    tmp_path: Path, size: int
+    tmp_path: Path, size: int, ring: aio.Ring | None
 ) -> None:
     spool = _spool(tmp_path)
     writer = DiskWriter()
     data = os.urandom(size)
-    file = _record(spool, data, writer)
+    file = _record(spool, data, writer, ring)
     assert not file.record
     assert file.path.read_bytes() == data  # cut to its length: no zeros after it
     writer.close()
