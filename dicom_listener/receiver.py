@@ -163,6 +163,8 @@ class Receiver:
             size_bytes=size,
             digest=digest,
         )
+        if progress is not None:
+            progress()
         lock = self._locks[hash(uid) % _LOCK_STRIPES]
         placed: Path | None = None
         with lock:
