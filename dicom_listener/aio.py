@@ -30,6 +30,8 @@ _SYSCALLS = {
     "arm64": (0, 1, 2, 4),
 }
 _IOCB_CMD_PWRITEV = 8
+# Buffers one write may gather (a record's last write has two).
+_MAX_BUFFERS = 16
 
 
 class _Iocb(ctypes.Structure):
@@ -83,38 +85,24 @@ def _address(buffer: Any) -> int:
     return ctypes.addressof(ctypes.c_char.from_buffer(buffer))
 
 
-class _Pending:
-    """One submitted write: its control block, vector and buffers, kept alive until done."""
-
-    __slots__ = ("buffers", "iocb", "iovecs", "length")
-
-    def __init__(self, fd: int, buffers: list[memoryview], offset: int, flags: int) -> None:
-        self.buffers = buffers
-        self.iovecs = (_Iovec * len(buffers))()
-        for slot, buffer in zip(self.iovecs, buffers, strict=True):
-            slot.iov_base = _address(buffer)
-            slot.iov_len = len(buffer)
-        self.length = sum(len(buffer) for buffer in buffers)
-        self.iocb = _Iocb(
-            aio_lio_opcode=_IOCB_CMD_PWRITEV,
-            aio_fildes=fd,
-            aio_buf=ctypes.addressof(self.iovecs),
-            aio_nbytes=len(buffers),
-            aio_offset=offset,
-            aio_rw_flags=flags,
-        )
-
-
 class Ring:
     """An AIO context for one thread's writes (not thread-safe: one owner)."""
 
     def __init__(self, context: ctypes.c_ulong, depth: int) -> None:
         self._context = context
         self._depth = depth
-        self._pending: dict[int, _Pending] = {}
+        # The buffers of each write in flight, by ticket: kept alive (and
+        # unchanged) until it is collected.
+        self._pending: dict[int, list[memoryview]] = {}
         self._next = 1
         self._events = (_Event * depth)()
         self.submitted = 0  # writes submitted, all told
+        # One control block and vector per slot, made once: a submission
+        # only fills them in (the kernel copies the block at io_submit and
+        # reads the vector then too).
+        self._iocb = _Iocb(aio_lio_opcode=_IOCB_CMD_PWRITEV)
+        self._iovecs = (_Iovec * _MAX_BUFFERS)()
+        self._array = (ctypes.POINTER(_Iocb) * 1)(ctypes.pointer(self._iocb))
 
     @classmethod
     def open(cls, depth: int) -> Ring | None:
@@ -139,22 +127,31 @@ class Ring:
         assert _loaded is not None
         if len(self._pending) >= self._depth:
             raise OSError(errno.EAGAIN, "too many writes in flight")
+        if len(buffers) > _MAX_BUFFERS:
+            raise ValueError(f"at most {_MAX_BUFFERS} buffers per write")
         syscall, (_, _, submit, _) = _loaded
-        pending = _Pending(fd, buffers, offset, flags)
+        iovecs = self._iovecs
+        for slot, buffer in enumerate(buffers):
+            iovecs[slot].iov_base = _address(buffer)
+            iovecs[slot].iov_len = len(buffer)
         ticket = self._next
         self._next += 1
-        pending.iocb.aio_data = ticket
-        pointer = ctypes.pointer(pending.iocb)
-        array = (ctypes.POINTER(_Iocb) * 1)(pointer)
+        iocb = self._iocb
+        iocb.aio_data = ticket
+        iocb.aio_fildes = fd
+        iocb.aio_buf = ctypes.addressof(iovecs)
+        iocb.aio_nbytes = len(buffers)
+        iocb.aio_offset = offset
+        iocb.aio_rw_flags = flags
         while True:
-            done = syscall(ctypes.c_long(submit), self._context, ctypes.c_long(1), array)
+            done = syscall(ctypes.c_long(submit), self._context, ctypes.c_long(1), self._array)
             if done == 1:
                 break
             code = ctypes.get_errno()
             if done < 0 and code == errno.EINTR:
                 continue
             raise OSError(code or errno.EIO, os.strerror(code or errno.EIO))
-        self._pending[ticket] = pending
+        self._pending[ticket] = buffers
         self.submitted += 1
         return ticket
 

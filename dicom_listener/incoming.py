@@ -835,19 +835,23 @@ class IncomingFile:
         self._fd = -1  # ``_out`` stays open until the last write is collected
         self._record = True
         self._final = _Final(chunk, padded, page)
-        self.advance()
+        self._advance(block=False)
 
     def advance(self) -> None:
-        """Move an AIO record on without waiting: collect what is done, start its last write.
+        """Start an AIO record's last write once its other writes are done (waiting for them).
 
-        Called at ``finish`` and by the store between its steps, so that the
-        last write (which must follow the others: its flush covers only
-        writes already done) starts as soon as it can.
+        Called by the store after the header check: the last write (which
+        must follow the others, as its flush covers only writes already done)
+        then starts the moment the disk has the rest, while the index
+        statements run. A no-op once started, or for a file written otherwise.
         """
+        self._advance(block=True)
+
+    def _advance(self, block: bool) -> None:
         final = self._final
         if final is None or final.ticket is not None or final.error is not None:
             return
-        self._collect(block=False)
+        self._collect(block)
         if not self._flying:
             self._start_final(final)
 

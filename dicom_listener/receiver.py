@@ -126,8 +126,9 @@ class Receiver:
         ``record``: ``temp`` is a record file (``record.py``) and ``flushed``
         waits for its one durable write; once indexed it is handed to the
         settler for its spool name, and ``keep`` is called (the temp name is
-        no longer the caller's to remove). ``progress`` is called between the
-        steps (after the header check), for the caller's writes to move on.
+        no longer the caller's to remove). ``progress`` is called after the header
+        check, before the index statements: the caller's writes may move on
+        (and wait for the disk) there.
         """
         uid = request.sop_instance_uid
         if self.spool.free_mb() < self.min_free_disk_mb:
@@ -163,8 +164,6 @@ class Receiver:
             size_bytes=size,
             digest=digest,
         )
-        if progress is not None:
-            progress()
         lock = self._locks[hash(uid) % _LOCK_STRIPES]
         placed: Path | None = None
         with lock:
@@ -219,12 +218,13 @@ class Receiver:
     def _durable_record(self, relative: str, flushed: Callable[[], None] | None) -> Path | None:
         """Wait for a record's durable write; its future spool path, or None if a file is there."""
         assert flushed is not None
-        flushed()
         dest = self.spool.root / relative
+        # Looked up while the record's write may still be under way.
         if dest.exists() or self.settler.waiting(relative):
             # In the spool but not indexed (a crash before its commit; start-up
             # recovery indexes it): that first copy stays.
             return None
+        flushed()
         return dest
 
     def close(self) -> None:
