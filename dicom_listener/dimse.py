@@ -331,10 +331,6 @@ class DataPath:
         except Exception:
             log.exception("C-STORE failed for instance %s", request.sop_instance_uid)
             status, comment = statuses.HANDLER_FAILED, "internal error, see the listener's log"
-        finally:
-            if file is not None:
-                # A stored file was moved into the spool; anything left here is not stored.
-                file.discard()
         response = encode_response(
             _C_STORE_RSP,
             store.message_id,
@@ -343,7 +339,20 @@ class DataPath:
             request.sop_instance_uid,
             comment,
         )
-        self._send(store.context_id, response)
+        # A stored file is in the spool, or a record the settler names; anything
+        # left here is not stored. After a success only the temp file's own
+        # resources are left to release, which can wait for the answer; a
+        # refused data set is removed before its answer goes.
+        stored = status == statuses.SUCCESS
+        try:
+            if file is not None and not stored:
+                file.discard()
+        finally:
+            try:
+                self._send(store.context_id, response)
+            finally:
+                if file is not None and stored:
+                    file.discard()
         if self._spare is None and len(self.receiver.temp_files) == 0:
             self._spare = prepare(self.receiver.spool.incoming, self._writing, self._seal)
 

@@ -870,7 +870,7 @@ class IncomingFile:
             final.error = exc.with_traceback(None)
 
     def _end_final(self) -> None:
-        """Wait for an AIO record's last write (after the others), then release it all."""
+        """Wait for an AIO record's last write (after the others); ``_release_final`` frees."""
         final = self._final
         assert final is not None and self._ring is not None
         if final.done:
@@ -886,13 +886,21 @@ class IncomingFile:
                         final.error = OSError(code, os.strerror(code))
         finally:
             final.done = True
-            for view in final.views:
-                view.release()
-            if final.chunk is not None:
-                self._disk_writer().release(final.chunk)
-            final.page.close()
-            os.close(self._out)
             self._readable.set()
+
+    def _release_final(self) -> None:
+        """Give back what an AIO record's last write held, once it is collected (``close``)."""
+        final = self._final
+        assert final is not None
+        self._end_final()
+        if final.page.closed:
+            return
+        for view in final.views:
+            view.release()
+        if final.chunk is not None:
+            self._disk_writer().release(final.chunk)
+        final.page.close()
+        os.close(self._out)
 
     def _write_record(
         self,
@@ -999,7 +1007,7 @@ class IncomingFile:
         Raises the OSError of a failed write (the file is then not complete).
         """
         if self._final is not None:
-            self._end_final()  # an error was or will be reported by flushed()
+            self._release_final()  # an error was or will be reported by flushed()
             return
         if self._ring is not None:
             self._collect(block=True)  # no write of ours may outlive the file
