@@ -172,6 +172,8 @@ class DataPath:
         # the kernel gives a context (``aio.py``); made with the first one.
         self._ring: aio.Ring | None = None
         self._ring_tried = False
+        # The size of the last data set received here (the next is likely alike).
+        self._last_size: int | None = None
         # Linked into the spool before their fsync, where that one fsync also
         # makes the name durable (``spool.py``).
         self._seal = receiver.spool.names_durable_with_file
@@ -271,7 +273,12 @@ class DataPath:
         if made is not None:
             try:
                 return IncomingFile(
-                    folder, self._writing, made=made, seal=self._seal, ring=self._aio_ring()
+                    folder,
+                    self._writing,
+                    made=made,
+                    seal=self._seal,
+                    ring=self._aio_ring(),
+                    expected=self._last_size,
                 )
             except OSError:  # removed behind our back, say: drop it and make one
                 with contextlib.suppress(OSError):
@@ -307,6 +314,7 @@ class DataPath:
         request, file = store.request, store.file
         try:
             if file is not None:
+                self._last_size = file.size
                 try:
                     file.finish()
                 except OSError as exc:

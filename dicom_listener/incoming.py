@@ -99,6 +99,9 @@ ALIGNMENT = mmap.PAGESIZE
 # Bytes per write: large enough for the disk's full speed, small enough that a
 # CT slice's first chunk is on disk before its last PDU arrives.
 CHUNK = 256 * 1024
+# A full chunk likely followed by no more than this is kept back for a record's
+# last write (``IncomingFile._submit_aio``).
+_KEEP_BACK_BYTES = 64 * 1024
 # Chunks one association may have filled or waiting for the disk.
 _DIRECT_DEPTH = 16
 _O_DIRECT = getattr(os, "O_DIRECT", 0)
@@ -491,13 +494,14 @@ PAGE_BYTES = record.PAGE
 class _Final:
     """The last write of a record written with AIO: its bytes, and how it went."""
 
-    __slots__ = ("chunk", "done", "error", "padded", "page", "ticket", "views")
+    __slots__ = ("chunks", "done", "error", "length", "offset", "page", "ticket", "views")
 
-    def __init__(self, chunk: memoryview | None, padded: int, page: mmap.mmap) -> None:
-        self.chunk = chunk
-        self.padded = padded
-        self.page = page
-        self.views: list[memoryview] = []
+    def __init__(self, chunks: list[memoryview], views: list[memoryview], offset: int) -> None:
+        self.chunks = chunks  # given back to the writer's pool once it is collected
+        self.page = mmap.mmap(-1, ALIGNMENT)  # the trailer (page-aligned, for direct I/O)
+        self.views = [*views, memoryview(self.page)]
+        self.offset = offset
+        self.length = sum(len(view) for view in self.views)
         self.ticket: int | None = None
         self.error: OSError | None = None
         self.done = False
@@ -519,6 +523,7 @@ class IncomingFile:
         made: Path | None = None,
         seal: bool = False,
         ring: aio.Ring | None = None,
+        expected: int | None = None,
     ) -> None:
         # ``made``: an empty file made ahead (``TempFiles``), opened instead of created.
         self.path = made if made is not None else folder / _temp_name()
@@ -571,6 +576,12 @@ class IncomingFile:
         self._ring = ring if writer is not None and self._prepared and self._direct else None
         self._flying: dict[int, memoryview] = {}
         self._final: _Final | None = None
+        # ``expected``: the size this data set will likely have (the previous
+        # one's on the association: a series' slices are alike). A full chunk
+        # that likely leaves less than _KEEP_BACK_BYTES to come is kept back,
+        # (chunk, offset), and goes with the record's last write.
+        self._expected = expected
+        self._back: tuple[memoryview, int] | None = None
 
     @property
     def direct(self) -> bool:
@@ -639,20 +650,45 @@ class IncomingFile:
 
         Only a record file's chunks that a record can hold go this way; past
         that, or when a submission fails, the writes in flight are collected
-        and the file goes on with the writer thread, in order.
+        and the file goes on with the writer thread, in order. A chunk that
+        is likely the last full one is kept back for the record's last write:
+        one request instead of two, and no wait for it before that write.
         """
         ring = self._ring
         if ring is None:
             return False
-        if self._error is None and self._offset + CHUNK <= record.RECORD_BYTES - PAGE_BYTES:
+        offset = self._offset
+        if self._error is None and offset + CHUNK <= record.RECORD_BYTES - PAGE_BYTES:
             try:
-                self._flying[ring.submit(self._out, [chunk], self._offset)] = chunk
+                if self._back is not None:  # more came after it: it goes now
+                    back, at = self._back
+                    self._flying[ring.submit(self._out, [back], at)] = back
+                    self._back = None
+                left = None if self._expected is None else self._expected - (offset + CHUNK)
+                if left is not None and 0 <= left <= _KEEP_BACK_BYTES:
+                    self._back = (chunk, offset)
+                else:
+                    self._flying[ring.submit(self._out, [chunk], offset)] = chunk
                 return True
             except OSError:
                 pass  # the writer thread writes it, and reports any error
-        self._collect(block=True)
-        self._ring = None
+        self._leave_aio()
         return False
+
+    def _leave_aio(self, keep: bool = True) -> None:
+        """Go on with the writer thread: collect the AIO writes, hand over a chunk kept back.
+
+        With ``keep`` false (the file is dropped) the chunk kept back is not written.
+        """
+        self._collect(block=True)
+        if self._back is not None:
+            back, at = self._back
+            self._back = None
+            if keep:
+                self._disk_writer().submit(self, back, at, CHUNK)
+            else:
+                self._disk_writer().release(back)
+        self._ring = None
 
     def _collect(self, block: bool) -> None:
         """Collect this file's completed AIO writes (``block``: all of them), chunks given back."""
@@ -787,9 +823,7 @@ class IncomingFile:
             self._finish_record_aio(self._nonce)
             return
         if self._ring is not None:
-            # Not a record after all: the writer thread goes on, after these.
-            self._collect(block=True)
-            self._ring = None
+            self._leave_aio()  # not a record after all: the writer thread goes on
         if fits:
             assert self._nonce is not None
             self._finish_record(self._writer, self._nonce)
@@ -822,19 +856,32 @@ class IncomingFile:
         writer.call(self._write_record, writer, chunk, padded, page, fd, sync)
 
     def _finish_record_aio(self, nonce: bytes) -> None:
-        """``_finish_record`` from this thread: the last write starts once the others are done."""
+        """``_finish_record`` from this thread: the last write starts once the others are done.
+
+        It carries a chunk kept back, if any, the last bytes padded to a page,
+        and the trailer.
+        """
+        chunks: list[memoryview] = []
+        views: list[memoryview] = []
+        offset = self._offset
+        if self._back is not None:
+            back, offset = self._back
+            self._back = None
+            chunks.append(back)
+            views.append(back[:])  # a view of its own: released once written
         chunk, self._chunk = self._chunk, None
-        padded = 0
         if chunk is not None:
             with memoryview(chunk) as view:
                 self._digest.update(view[: self._fill])
-            padded = record.padded(self._fill)
+            padded = record.padded(self._fill)  # chunks start on pages: the file's padding too
             chunk[self._fill : padded] = bytes(padded - self._fill)
-        page = mmap.mmap(-1, ALIGNMENT)
-        page[:] = record.trailer(self.size, nonce, self.digest())
+            chunks.append(chunk)
+            views.append(chunk[:padded])
+        final = _Final(chunks, views, offset)
+        final.page[:] = record.trailer(self.size, nonce, self.digest())
         self._fd = -1  # ``_out`` stays open until the last write is collected
         self._record = True
-        self._final = _Final(chunk, padded, page)
+        self._final = final
         self._advance(block=False)
 
     def advance(self) -> None:
@@ -861,11 +908,8 @@ class IncomingFile:
         if self._error is not None:
             final.error = self._error
             return
-        views = [memoryview(final.chunk)[: final.padded]] if final.chunk is not None else []
-        views.append(memoryview(final.page))
-        final.views = views
         try:
-            final.ticket = ring.submit(self._out, views, self._offset, os.RWF_DSYNC)
+            final.ticket = ring.submit(self._out, final.views, final.offset, os.RWF_DSYNC)
         except OSError as exc:
             final.error = exc.with_traceback(None)
 
@@ -881,7 +925,7 @@ class IncomingFile:
                 self._start_final(final)
             if final.ticket is not None:
                 for _, result in self._ring.wait(block=True):
-                    if result != final.padded + ALIGNMENT:
+                    if result != final.length:
                         code = -result if result < 0 else errno.EIO
                         final.error = OSError(code, os.strerror(code))
         finally:
@@ -897,8 +941,8 @@ class IncomingFile:
             return
         for view in final.views:
             view.release()
-        if final.chunk is not None:
-            self._disk_writer().release(final.chunk)
+        for chunk in final.chunks:
+            self._disk_writer().release(chunk)
         final.page.close()
         os.close(self._out)
 
@@ -1010,8 +1054,7 @@ class IncomingFile:
             self._release_final()  # an error was or will be reported by flushed()
             return
         if self._ring is not None:
-            self._collect(block=True)  # no write of ours may outlive the file
-            self._ring = None
+            self._leave_aio(keep)  # no write of ours may outlive the file
         if self._sync is not None:
             self._sync.exception()  # wait; an error was or will be reported by flushed()
             fd, self._held = self._held, -1

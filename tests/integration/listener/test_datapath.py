@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 import pytest
+from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import evt
 from pynetdicom.pdu_primitives import P_DATA
@@ -202,6 +203,34 @@ def test_instances_go_into_files_made_ahead_then_into_new_ones(listener: Running
     sizes = {0, record.RECORD_BYTES} if temp_files.prepared else {0}
     assert all(path.stat().st_size in sizes for path in temp_files.ready())
     assert not ahead & temp_files.ready()
+
+
+def test_a_series_slices_are_expected_at_the_size_of_the_one_before(listener: Running) -> None:
+    """Each data set's temp file is told the size of the last one on the association
+    (so that a record's last full chunk can wait for its last write); a slice of
+    another size is stored all the same."""
+    expected: list[int | None] = []
+    real_init = incoming.IncomingFile.__init__
+
+    def watched(self: incoming.IncomingFile, *args, **kw) -> None:
+        expected.append(kw.get("expected"))
+        real_init(self, *args, **kw)
+
+    series = [*make_ct_series(8, slices=3, rows=512, columns=512), _ct(9)]  # 4 made ahead
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(incoming.IncomingFile, "__init__", watched)
+        assoc = associate(listener.port, [(CT, [EXPLICIT])])
+        answers = [int(assoc.send_c_store(ds).Status) for ds in series]
+        assoc.release()
+    assert answers == [0] * 4 and _count(listener) == 4
+    assert not listener.leftovers()  # named, each at its length
+    sizes = []
+    for ds in series:
+        (path,) = listener.spool_dir().glob(f"*/{ds.SOPInstanceUID}.dcm")
+        assert dcmread(path).SOPInstanceUID == ds.SOPInstanceUID  # whole
+        sizes.append(path.stat().st_size)
+    assert expected == [None, *sizes[:3]]
+    assert sizes[0] > 512 * 1024 > sizes[3]
 
 
 def _stored(listener: Running) -> dict[str, tuple[str, str]]:

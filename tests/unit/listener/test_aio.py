@@ -185,3 +185,77 @@ def test_the_header_can_be_read_back_before_the_record_is_durable(
     file.flushed()
     assert file.record and len(ring) == 0
     writer.close()
+
+
+def _aio_file(
+    spool: Spool, writer: DiskWriter, ring: aio.Ring, expected: int | None
+) -> IncomingFile:
+    return IncomingFile(
+        spool.incoming, writer, made=_made(spool), seal=True, ring=ring, expected=expected
+    )
+
+
+def test_the_last_full_chunk_goes_with_the_records_last_write(
+    tmp_path: Path, ring: aio.Ring
+) -> None:
+    """Sized like the one before it, a data set's last full chunk waits for its end."""
+    spool = _spool(tmp_path)
+    writer = DiskWriter()
+    for seed in range(3):  # the writer's chunks are reused from one file to the next
+        data = _data(2 * CHUNK + 16_000 + seed)
+        before = ring.submitted
+        file = _aio_file(spool, writer, ring, expected=len(data) - seed)
+        for start in range(0, len(data), 131_060):  # as 128 KB PDUs bring it
+            file.write(data[start : start + 131_060])
+        file.finish()
+        file.advance()
+        file.flushed()
+        assert ring.submitted - before == 2  # the first chunk, then the rest and the trailer
+        assert file.record
+        assert record.read_data(file.path, record.nonce_of(file.path)) is not None
+        assert file.path.read_bytes()[: len(data)] == data
+        file.discard()
+    writer.close()  # every chunk given back
+
+
+def test_a_chunk_kept_back_goes_on_its_own_when_more_comes(tmp_path: Path, ring: aio.Ring) -> None:
+    spool = _spool(tmp_path)
+    writer = DiskWriter()
+    data = _data(3 * CHUNK + 5000)
+    file = _aio_file(spool, writer, ring, expected=CHUNK + 100)  # a wrong guess
+    file.write(data)
+    file.finish()
+    file.flushed()
+    assert ring.submitted == 3 + 1  # each full chunk alone, then the last write
+    assert record.read_data(file.path, record.nonce_of(file.path)) is not None
+    assert file.path.read_bytes()[: len(data)] == data
+    file.discard()
+    writer.close()
+
+
+def test_a_chunk_kept_back_is_written_by_the_thread_when_no_record_can_hold_it(
+    tmp_path: Path, ring: aio.Ring
+) -> None:
+    spool = _spool(tmp_path)
+    writer = DiskWriter()
+    data = _data(record.RECORD_BYTES + 5)
+    file = _aio_file(spool, writer, ring, expected=3 * CHUNK + 1000)  # the third chunk waits
+    file.write(data)
+    file.finish()
+    file.flushed()
+    assert not file.record
+    assert ring.submitted == 2  # the first two; the third and the rest by the writer thread
+    assert file.path.read_bytes() == data  # cut to its length
+    file.discard()
+    writer.close()
+
+
+def test_a_chunk_kept_back_is_dropped_with_its_file(tmp_path: Path, ring: aio.Ring) -> None:
+    spool = _spool(tmp_path)
+    writer = DiskWriter()
+    file = _aio_file(spool, writer, ring, expected=2 * CHUNK + 10)
+    file.write(_data(2 * CHUNK + 5))  # the second chunk is kept back; the rest never comes
+    assert ring.submitted == 1
+    file.discard()
+    assert not file.path.exists() and len(ring) == 0
+    writer.close()  # the kept chunk was given back
