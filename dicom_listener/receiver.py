@@ -30,6 +30,7 @@ must not be told otherwise forever.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -220,7 +221,9 @@ class Receiver:
         assert flushed is not None
         dest = self.spool.root / relative
         # Looked up while the record's write may still be under way.
-        if dest.exists() or self.settler.waiting(relative):
+        if os.path.lexists(os.path.join(self.spool.root, relative)) or self.settler.waiting(
+            relative
+        ):
             # In the spool but not indexed (a crash before its commit; start-up
             # recovery indexes it): that first copy stays.
             return None

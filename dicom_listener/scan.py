@@ -581,13 +581,30 @@ def _decode(source: _Bytes, entry: _Entry, vr: bytes, codec: str) -> str:
     if actual not in (None, vr) or length == _UNDEFINED or length > _MAX_TEXT:
         raise _Fallback
     raw = source.take(value, length)
+    key = (raw, vr, codec)
+    text = _decoded_before.get(key)
+    if text is not None:
+        return text
     if vr == b"UI":
-        return _uid(raw)
-    if vr == b"PN":
-        return _person(raw, codec)
-    if vr in (b"SH", b"LO"):
-        return _text(raw, codec, vr.decode())
-    return _plain(raw)  # CS, DA, TM: Latin-1, not validated
+        text = _uid(raw)
+    elif vr == b"PN":
+        text = _person(raw, codec)
+    elif vr in (b"SH", b"LO"):
+        text = _text(raw, codec, vr.decode())
+    else:
+        text = _plain(raw)  # CS, DA, TM: Latin-1, not validated
+    if len(_decoded_before) >= _DECODED_KEPT:
+        _decoded_before.clear()
+    _decoded_before[key] = text
+    return text
+
+
+# Values decoded lately, by (raw bytes, VR, codec): a series' slices repeat
+# most of them (patient, study, series), so each is decoded and validated
+# once per series, not per slice. Only values that decoded cleanly are kept
+# (a refusal raises each time); bounded, and started again when full.
+_DECODED_KEPT = 4096
+_decoded_before: dict[tuple[bytes, bytes, str], str] = {}
 
 
 def _plain(raw: bytes) -> str:

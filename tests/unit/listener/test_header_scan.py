@@ -402,3 +402,51 @@ def test_deeply_nested_sequences(tmp_path: Path, warning_mode: str, levels: int)
     path.write_bytes(data.replace(placeholder, _nested(levels)))
     assert _scanned(path) == (levels <= 16)
     _same(path, ds.SOPClassUID, ds.SOPInstanceUID)
+
+
+def test_values_a_series_repeats_are_decoded_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dicom_listener import scan as scanner
+
+    monkeypatch.setattr(scanner, "_decoded_before", {})
+    names: list[bytes] = []
+    real_person = scanner._person
+
+    def person(raw: bytes, codec: str) -> str:
+        names.append(raw)
+        return real_person(raw, codec)
+
+    monkeypatch.setattr(scanner, "_person", person)
+    first, second = make_ct_series(11, slices=2, rows=8, columns=8)
+    found = [
+        scan(path, path.read_bytes(), path.stat().st_size)
+        for path in write_study([first, second], tmp_path)
+    ]
+    assert found[0] is not None and found[1] is not None
+    assert found[0].values == {
+        **found[1].values,
+        "SOPInstanceUID": found[0].values["SOPInstanceUID"],
+    }
+    assert found[0].values["SOPInstanceUID"] == first.SOPInstanceUID  # each slice its own
+    assert found[1].values["SOPInstanceUID"] == second.SOPInstanceUID
+    assert len(names) == len(set(names))  # each person name decoded once for both slices
+    # A refused value is refused again each time, never remembered.
+    bad = _write(_ct(PatientName="A=B"), tmp_path / "bad.dcm")
+    assert not _scanned(bad) and not _scanned(bad)
+    assert all(not key[0].startswith(b"A=B") for key in scanner._decoded_before)
+
+
+def test_the_decoded_values_kept_are_bounded(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from dicom_listener import scan as scanner
+
+    monkeypatch.setattr(scanner, "_decoded_before", {})
+    monkeypatch.setattr(scanner, "_DECODED_KEPT", 8)
+    for seed in range(6):
+        path = write_study(
+            make_ct_series(20 + seed, slices=1, rows=8, columns=8), tmp_path / str(seed)
+        )[0]
+        assert _scanned(path)
+        assert len(scanner._decoded_before) <= 8
