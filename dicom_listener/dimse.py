@@ -183,6 +183,9 @@ class DataPath:
         # (creating a file can take a while: the file system looks for a free
         # inode). Made earlier, it would compete with the answer.
         self._spare: Future[IncomingFile] | None = None
+        # The next data set's file, taken from those made ahead and opened
+        # once the last answer was sent.
+        self._opened: IncomingFile | None = None
         # pynetdicom serves the current message: its PDVs go to its DIMSE provider.
         self._passthrough = False
 
@@ -268,6 +271,20 @@ class DataPath:
             self._failed(store, exc)
 
     def _temp_file(self) -> IncomingFile:
+        opened, self._opened = self._opened, None
+        if opened is not None:
+            return opened
+        made = self._made_ahead()
+        if made is not None:
+            return made
+        spare, self._spare = self._spare, None
+        if spare is not None and spare.exception() is None:
+            return spare.result()
+        # None made yet, or it failed: this attempt reports why.
+        return IncomingFile(self.receiver.spool.incoming, self._writing, seal=self._seal)
+
+    def _made_ahead(self) -> IncomingFile | None:
+        """The next file the listener made ahead, opened; None if none is left or it is gone."""
         folder = self.receiver.spool.incoming
         made = self.receiver.temp_files.take()
         if made is not None:
@@ -280,14 +297,10 @@ class DataPath:
                     ring=self._aio_ring(),
                     expected=self._last_size,
                 )
-            except OSError:  # removed behind our back, say: drop it and make one
+            except OSError:  # removed behind our back, say: drop it (a new one is made)
                 with contextlib.suppress(OSError):
                     os.unlink(made)
-        spare, self._spare = self._spare, None
-        if spare is not None and spare.exception() is None:
-            return spare.result()
-        # None made yet, or it failed: this attempt reports why.
-        return IncomingFile(folder, self._writing, seal=self._seal)
+        return None
 
     def _aio_ring(self) -> aio.Ring | None:
         if not self._ring_tried:
@@ -361,7 +374,11 @@ class DataPath:
             finally:
                 if file is not None and stored:
                     file.discard()
-        if self._spare is None and len(self.receiver.temp_files) == 0:
+        # The next data set's file is opened now, while the sender reads the
+        # answer and prepares its next request: not on the way of its arrival.
+        if self._opened is None:
+            self._opened = self._made_ahead()
+        if self._opened is None and self._spare is None:
             self._spare = prepare(self.receiver.spool.incoming, self._writing, self._seal)
 
     def _send(self, context_id: int, command: bytes) -> None:
@@ -383,6 +400,9 @@ class DataPath:
         spare, self._spare = self._spare, None
         if spare is not None and spare.exception() is None:
             spare.result().discard()
+        opened, self._opened = self._opened, None
+        if opened is not None:
+            opened.discard()
         self._writing.close()
         if self._ring is not None:
             self._ring.close()

@@ -230,7 +230,8 @@ def test_a_series_slices_are_expected_at_the_size_of_the_one_before(listener: Ru
         (path,) = listener.spool_dir().glob(f"*/{ds.SOPInstanceUID}.dcm")
         assert dcmread(path).SOPInstanceUID == ds.SOPInstanceUID  # whole
         sizes.append(path.stat().st_size)
-    assert expected == [None, *sizes[:3]]
+    # (A fifth file, for the data set that would come next, may be open already.)
+    assert expected[:4] == [None, *sizes[:3]]
     assert sizes[0] > 512 * 1024 > sizes[3]
 
 
