@@ -81,6 +81,15 @@ def _load() -> Any:
 _loaded = _load()
 
 
+def available() -> bool:
+    """Whether this process can have an AIO context (one is opened and released to see)."""
+    ring = Ring.open(1)
+    if ring is None:
+        return False
+    ring.close()
+    return True
+
+
 def _address(buffer: Any) -> int:
     return ctypes.addressof(ctypes.c_char.from_buffer(buffer))
 

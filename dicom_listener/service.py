@@ -20,7 +20,7 @@ from pynetdicom import AE, _config
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from dicom_listener import uids
+from dicom_listener import aio, uids
 from dicom_listener.assembly import Assembler
 from dicom_listener.handlers import handlers_for
 from dicom_listener.incoming import TempFiles, records_possible
@@ -114,6 +114,13 @@ def start_listener(
         if spool.names_durable_with_file
         else "fsynced, linked, then its folder fsynced",
     )
+    if records:
+        log.info(
+            "record files written %s",
+            "from the receiving thread with native AIO"
+            if aio.available()
+            else "by each association's writer thread (no native AIO here)",
+        )
     recover(spool, database)
     # Temp files for the first burst are made before the first association.
     # On ext4 they are record files (``record.py``): an instance that fits is

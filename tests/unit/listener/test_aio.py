@@ -259,3 +259,13 @@ def test_a_chunk_kept_back_is_dropped_with_its_file(tmp_path: Path, ring: aio.Ri
     file.discard()
     assert not file.path.exists() and len(ring) == 0
     writer.close()  # the kept chunk was given back
+
+
+def test_available_says_whether_a_context_can_be_had(monkeypatch: pytest.MonkeyPatch) -> None:
+    probe = aio.Ring.open(1)
+    assert aio.available() is (probe is not None)  # here: whichever it is
+    if probe is not None:
+        probe.close()
+    monkeypatch.setattr(aio, "_loaded", None)  # off Linux, or an unknown machine
+    assert aio.Ring.open(8) is None
+    assert not aio.available()
