@@ -401,8 +401,9 @@ class DataPath:
         if spare is not None and spare.exception() is None:
             spare.result().discard()
         opened, self._opened = self._opened, None
-        if opened is not None:
-            opened.discard()
+        if opened is not None:  # never written: the listener's again, for another association
+            opened.close(keep=False)
+            self.receiver.temp_files.give_back(opened.path)
         self._writing.close()
         if self._ring is not None:
             self._ring.close()

@@ -190,6 +190,10 @@ class TempFiles:
             self._wanted.set()
         return name
 
+    def give_back(self, path: Path) -> None:
+        """A file taken and never written: the next ``take`` has it again."""
+        self._names.appendleft(path)
+
     def ready(self) -> set[Path]:
         """The names made ahead and not taken (and the one being made)."""
         making = self._making

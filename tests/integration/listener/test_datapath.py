@@ -289,3 +289,20 @@ def test_each_instance_is_made_durable_in_the_order_its_file_system_allows(
         assert fingerprint.of_file(file) == digest
         assert recorded_digest(file) == (digest if linked_first else None)
     assert listener.leftovers() == []
+
+
+def test_the_file_opened_for_a_data_set_that_never_comes_goes_back(listener: Running) -> None:
+    """One instance per association, as many PACS send: the file opened after each
+    answer for a next data set is given back at the release, not thrown away."""
+    temp_files = listener.handle.server.receiver.temp_files
+    before = temp_files.ready()
+    for seed in range(3):
+        assoc = associate(listener.port, [(CT, [EXPLICIT])])
+        assert int(assoc.send_c_store(_ct(200 + seed)).Status) == 0
+        assoc.release()
+        wait_until(lambda: not listener.handle.ae.active_associations)
+    assert _count(listener) == 3
+    left = temp_files.ready()
+    assert len(before - left) == 3  # one file used per instance, no more
+    assert all(path.exists() and not any(path.read_bytes()) for path in left & before)
+    assert not listener.leftovers()
