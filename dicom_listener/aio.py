@@ -81,6 +81,12 @@ def _load() -> Any:
 _loaded = _load()
 
 
+def failure(result: int) -> OSError:
+    """The error of a completion whose ``result`` is not what was asked (short: EIO)."""
+    code = -result if result < 0 else errno.EIO
+    return OSError(code, os.strerror(code))
+
+
 def available() -> bool:
     """Whether this process can have an AIO context (one is opened and released to see)."""
     ring = Ring.open(1)

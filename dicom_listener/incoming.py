@@ -29,8 +29,11 @@ A record file (``record.py``: made ahead, its blocks already written) is
 written without the writer thread where the kernel has native AIO
 (``aio.py``): the receiving thread submits each full chunk as it is filled
 and goes on; the record's last write (``RWF_DSYNC``) is submitted once the
-others are done, looked at again between the store's steps (``advance``),
-and ``flushed`` waits for it. Each hand-over to the writer thread had to
+others are done, at ``finish`` if they are, else by the store after its
+header check (``advance``), and ``flushed`` waits for it. When the data set
+is sized like the one before it on the association (a series' slices are),
+its last full chunk is kept back and goes with that last write: one request
+fewer, and none for that write to wait for. Each hand-over to the writer thread had to
 wait for that thread to be scheduled and to win the GIL from the receiving
 thread, which holds it while the data set arrives: a CT slice's first chunk
 often went to the disk only with its last, and the answer came 15 % later
@@ -492,9 +495,6 @@ def file_meta(sop_class: str, sop_instance: str, transfer_syntax: str) -> bytes:
     return b"\0" * 128 + b"DICM" + length + elements
 
 
-PAGE_BYTES = record.PAGE
-
-
 class _Final:
     """The last write of a record written with AIO: its bytes, and how it went."""
 
@@ -662,7 +662,7 @@ class IncomingFile:
         if ring is None:
             return False
         offset = self._offset
-        if self._error is None and offset + CHUNK <= record.RECORD_BYTES - PAGE_BYTES:
+        if self._error is None and offset + CHUNK <= record.RECORD_BYTES - record.PAGE:
             try:
                 if self._back is not None:  # more came after it: it goes now
                     back, at = self._back
@@ -702,8 +702,7 @@ class IncomingFile:
         for ticket, result in ring.wait(block):
             chunk = self._flying.pop(ticket)
             if result != len(chunk) and self._error is None:
-                code = -result if result < 0 else errno.EIO
-                self._error = OSError(code, os.strerror(code))
+                self._error = aio.failure(result)
             self._disk_writer().release(chunk)
 
     def _disk_writer(self) -> DiskWriter:
@@ -842,15 +841,20 @@ class IncomingFile:
             self._held = fd  # fsynced and closed by ``flushed``
         self._writer.call(self._complete, fd, sync, seal)
 
+    def _last_chunk_padded(self) -> tuple[memoryview | None, int]:
+        """A record's last, partly filled chunk (now hashed) zero-padded to a page; its length."""
+        chunk, self._chunk = self._chunk, None
+        if chunk is None:
+            return None, 0
+        with memoryview(chunk) as view:
+            self._digest.update(view[: self._fill])
+        padded = record.padded(self._fill)  # chunks start on pages: the file's padding too
+        chunk[self._fill : padded] = bytes(padded - self._fill)
+        return chunk, padded
+
     def _finish_record(self, writer: DiskWriter, nonce: bytes) -> None:
         """The last bytes, padded to a page, and the trailer, in one durable write (record.py)."""
-        chunk, self._chunk = self._chunk, None
-        padded = 0
-        if chunk is not None:
-            with memoryview(chunk) as view:
-                self._digest.update(view[: self._fill])
-            padded = record.padded(self._fill)  # chunks start on pages: the file's padding too
-            chunk[self._fill : padded] = bytes(padded - self._fill)
+        chunk, padded = self._last_chunk_padded()
         page = mmap.mmap(-1, ALIGNMENT)  # page-aligned, for the direct write
         page[:] = record.trailer(self.size, nonce, self.digest())
         sync: Future[None] = Future()
@@ -873,12 +877,8 @@ class IncomingFile:
             self._back = None
             chunks.append(back)
             views.append(back[:])  # a view of its own: released once written
-        chunk, self._chunk = self._chunk, None
+        chunk, padded = self._last_chunk_padded()
         if chunk is not None:
-            with memoryview(chunk) as view:
-                self._digest.update(view[: self._fill])
-            padded = record.padded(self._fill)  # chunks start on pages: the file's padding too
-            chunk[self._fill : padded] = bytes(padded - self._fill)
             chunks.append(chunk)
             views.append(chunk[:padded])
         final = _Final(chunks, views, offset)
@@ -930,8 +930,7 @@ class IncomingFile:
             if final.ticket is not None:
                 for _, result in self._ring.wait(block=True):
                     if result != final.length:
-                        code = -result if result < 0 else errno.EIO
-                        final.error = OSError(code, os.strerror(code))
+                        final.error = aio.failure(result)
         finally:
             final.done = True
             self._readable.set()

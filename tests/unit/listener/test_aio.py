@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from dicom_listener import aio, record
-from dicom_listener.incoming import CHUNK, DiskWriter, IncomingFile, TempFiles, records_possible
+from dicom_listener.incoming import CHUNK, DiskWriter, IncomingFile
 from dicom_listener.spool import Spool
+from tests.unit.listener.test_record import _dicomish, _made, _spool
 
 
 @pytest.fixture
@@ -86,25 +87,6 @@ def test_no_more_than_its_depth_is_in_flight(tmp_path: Path) -> None:
     os.close(fd)
 
 
-def _spool(tmp_path: Path) -> Spool:
-    spool = Spool(tmp_path / "spool")
-    if not records_possible(spool):
-        pytest.skip("records need ext4 with direct I/O")
-    return spool
-
-
-def _made(spool: Spool) -> Path:
-    made = TempFiles(spool.incoming, ahead=1, prepared=True)
-    assert made.fill() == 1
-    path = made.take()
-    assert path is not None
-    return path
-
-
-def _data(size: int) -> bytes:
-    return bytes(128) + b"DICM" + os.urandom(size - 132)
-
-
 def test_a_failed_aio_write_fails_flushed_and_the_file_is_discarded(
     tmp_path: Path, ring: aio.Ring, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -117,7 +99,7 @@ def test_a_failed_aio_write_fails_flushed_and_the_file_is_discarded(
 
     monkeypatch.setattr(aio.Ring, "wait", failing)
     file = IncomingFile(spool.incoming, writer, made=_made(spool), seal=True, ring=ring)
-    file.write(_data(2 * CHUNK + 5000))
+    file.write(_dicomish(2 * CHUNK + 5000))
     file.finish()
     with pytest.raises(OSError) as raised:
         file.flushed()
@@ -145,7 +127,7 @@ def test_a_refused_submission_hands_the_file_to_the_writer_thread(
 
     monkeypatch.setattr(aio.Ring, "submit", second_fails)
     file = IncomingFile(spool.incoming, writer, made=_made(spool), seal=True, ring=ring)
-    data = _data(3 * CHUNK + 100)
+    data = _dicomish(3 * CHUNK + 100)
     file.write(data)
     file.finish()
     file.flushed()
@@ -162,7 +144,7 @@ def test_a_record_cut_off_mid_way_waits_for_its_writes_before_it_goes(
     spool = _spool(tmp_path)
     writer = DiskWriter()
     file = IncomingFile(spool.incoming, writer, made=_made(spool), seal=True, ring=ring)
-    file.write(_data(2 * CHUNK + 10))  # two chunks in flight, the rest never comes
+    file.write(_dicomish(2 * CHUNK + 10))  # two chunks in flight, the rest never comes
     assert len(ring) == 2 or ring.submitted == 2
     file.discard()
     assert len(ring) == 0 and not file.path.exists()
@@ -175,7 +157,7 @@ def test_the_header_can_be_read_back_before_the_record_is_durable(
     spool = _spool(tmp_path)
     writer = DiskWriter()
     file = IncomingFile(spool.incoming, writer, made=_made(spool), seal=True, ring=ring)
-    data = _data(CHUNK + 3000)
+    data = _dicomish(CHUNK + 3000)
     file.write(data)
     file.finish()
     file.advance()  # moves on without waiting, as often as asked
@@ -202,7 +184,7 @@ def test_the_last_full_chunk_goes_with_the_records_last_write(
     spool = _spool(tmp_path)
     writer = DiskWriter()
     for seed in range(3):  # the writer's chunks are reused from one file to the next
-        data = _data(2 * CHUNK + 16_000 + seed)
+        data = _dicomish(2 * CHUNK + 16_000 + seed)
         before = ring.submitted
         file = _aio_file(spool, writer, ring, expected=len(data) - seed)
         for start in range(0, len(data), 131_060):  # as 128 KB PDUs bring it
@@ -221,7 +203,7 @@ def test_the_last_full_chunk_goes_with_the_records_last_write(
 def test_a_chunk_kept_back_goes_on_its_own_when_more_comes(tmp_path: Path, ring: aio.Ring) -> None:
     spool = _spool(tmp_path)
     writer = DiskWriter()
-    data = _data(3 * CHUNK + 5000)
+    data = _dicomish(3 * CHUNK + 5000)
     file = _aio_file(spool, writer, ring, expected=CHUNK + 100)  # a wrong guess
     file.write(data)
     file.finish()
@@ -238,7 +220,7 @@ def test_a_chunk_kept_back_is_written_by_the_thread_when_no_record_can_hold_it(
 ) -> None:
     spool = _spool(tmp_path)
     writer = DiskWriter()
-    data = _data(record.RECORD_BYTES + 5)
+    data = _dicomish(record.RECORD_BYTES + 5)
     file = _aio_file(spool, writer, ring, expected=3 * CHUNK + 1000)  # the third chunk waits
     file.write(data)
     file.finish()
@@ -254,7 +236,7 @@ def test_a_chunk_kept_back_is_dropped_with_its_file(tmp_path: Path, ring: aio.Ri
     spool = _spool(tmp_path)
     writer = DiskWriter()
     file = _aio_file(spool, writer, ring, expected=2 * CHUNK + 10)
-    file.write(_data(2 * CHUNK + 5))  # the second chunk is kept back; the rest never comes
+    file.write(_dicomish(2 * CHUNK + 5))  # the second chunk is kept back; the rest never comes
     assert ring.submitted == 1
     file.discard()
     assert not file.path.exists() and len(ring) == 0
@@ -269,3 +251,8 @@ def test_available_says_whether_a_context_can_be_had(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(aio, "_loaded", None)  # off Linux, or an unknown machine
     assert aio.Ring.open(8) is None
     assert not aio.available()
+
+
+def test_a_failed_or_short_completion_is_an_oserror() -> None:
+    assert aio.failure(-errno.ENOSPC).errno == errno.ENOSPC
+    assert aio.failure(4096).errno == errno.EIO  # fewer bytes than asked
