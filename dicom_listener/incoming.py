@@ -577,7 +577,12 @@ class IncomingFile:
         # A record file written from this thread with native AIO (``aio.py``)
         # rather than by the writer thread: its chunks in flight by ticket,
         # and once finished as a record, its last write (``_Final``).
-        self._ring = ring if writer is not None and self._prepared and self._direct else None
+        # Not for a data set likely too large for a record (sized like the one
+        # before it): its AIO writes would be collected, waiting, at 1 MB.
+        aio_fits = expected is None or record.fits(expected)
+        self._ring = (
+            ring if writer is not None and self._prepared and self._direct and aio_fits else None
+        )
         self._flying: dict[int, memoryview] = {}
         self._final: _Final | None = None
         # ``expected``: the size this data set will likely have (the previous

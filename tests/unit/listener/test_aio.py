@@ -256,3 +256,20 @@ def test_available_says_whether_a_context_can_be_had(monkeypatch: pytest.MonkeyP
 def test_a_failed_or_short_completion_is_an_oserror() -> None:
     assert aio.failure(-errno.ENOSPC).errno == errno.ENOSPC
     assert aio.failure(4096).errno == errno.EIO  # fewer bytes than asked
+
+
+def test_a_data_set_expected_too_large_for_a_record_goes_to_the_writer_thread(
+    tmp_path: Path, ring: aio.Ring
+) -> None:
+    spool = _spool(tmp_path)
+    writer = DiskWriter()
+    data = _dicomish(3 * CHUNK)
+    file = _aio_file(spool, writer, ring, expected=10 * 1024 * 1024)  # a radiograph came before
+    file.write(data)
+    file.finish()
+    file.flushed()
+    assert ring.submitted == 0  # nothing from this thread: no wait for AIO writes at 1 MB
+    assert file.record  # the writer thread's record, as without AIO
+    assert file.path.read_bytes()[: len(data)] == data
+    file.discard()
+    writer.close()
