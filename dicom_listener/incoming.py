@@ -929,9 +929,7 @@ class IncomingFile:
         if final.done:
             return
         try:
-            self._collect(block=True)
-            if final.ticket is None and final.error is None:
-                self._start_final(final)
+            self.advance()  # the other writes collected, the last one started
             if final.ticket is not None:
                 for _, result in self._ring.wait(block=True):
                     if result != final.length:

@@ -30,7 +30,6 @@ must not be told otherwise forever.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -219,16 +218,13 @@ class Receiver:
     def _durable_record(self, relative: str, flushed: Callable[[], None] | None) -> Path | None:
         """Wait for a record's durable write; its future spool path, or None if a file is there."""
         assert flushed is not None
-        dest = self.spool.root / relative
         # Looked up while the record's write may still be under way.
-        if os.path.lexists(os.path.join(self.spool.root, relative)) or self.settler.waiting(
-            relative
-        ):
+        if self.spool.occupied(relative) or self.settler.waiting(relative):
             # In the spool but not indexed (a crash before its commit; start-up
             # recovery indexes it): that first copy stays.
             return None
         flushed()
-        return dest
+        return self.spool.root / relative
 
     def close(self) -> None:
         """Name the stored records, remove the temp files made ahead, release the index."""

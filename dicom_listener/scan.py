@@ -575,6 +575,14 @@ def _charset(source: _Bytes, entry: _Entry) -> str:
     return codec
 
 
+# Values decoded lately, by (raw bytes, VR, codec): a series' slices repeat
+# most of them (patient, study, series), so each is decoded and validated
+# once per series, not per slice. Only values that decoded cleanly are kept
+# (a refusal raises each time); bounded, and started again when full.
+_DECODED_KEPT = 4096
+_decoded_before: dict[tuple[bytes, bytes, str], str] = {}
+
+
 def _decode(source: _Bytes, entry: _Entry, vr: bytes, codec: str) -> str:
     """A wanted text value, decoded as pydicom's converter for ``vr`` does it."""
     value, length, actual = entry
@@ -597,14 +605,6 @@ def _decode(source: _Bytes, entry: _Entry, vr: bytes, codec: str) -> str:
         _decoded_before.clear()
     _decoded_before[key] = text
     return text
-
-
-# Values decoded lately, by (raw bytes, VR, codec): a series' slices repeat
-# most of them (patient, study, series), so each is decoded and validated
-# once per series, not per slice. Only values that decoded cleanly are kept
-# (a refusal raises each time); bounded, and started again when full.
-_DECODED_KEPT = 4096
-_decoded_before: dict[tuple[bytes, bytes, str], str] = {}
 
 
 def _plain(raw: bytes) -> str:

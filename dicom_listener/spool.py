@@ -295,6 +295,11 @@ class Spool:
             fsync_path(self.root, directory=True)
             self._remember(folder, seen)
 
+    def occupied(self, relative: str) -> bool:
+        """Whether something, a dangling link included, is at ``relative`` in the spool."""
+        # Plain strings, as in ``_folder_of``: once per instance.
+        return os.path.lexists(os.path.join(self._root, relative))
+
     def _folder_of(self, relative: str) -> str:
         # Plain strings: this runs once per instance, and Path objects cost more than the stat.
         return os.path.join(self._root, relative.rpartition("/")[0])

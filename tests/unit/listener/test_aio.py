@@ -87,6 +87,14 @@ def test_no_more_than_its_depth_is_in_flight(tmp_path: Path) -> None:
     os.close(fd)
 
 
+def _aio_file(
+    spool: Spool, writer: DiskWriter, ring: aio.Ring, expected: int | None
+) -> IncomingFile:
+    return IncomingFile(
+        spool.incoming, writer, made=_made(spool), seal=True, ring=ring, expected=expected
+    )
+
+
 def test_a_failed_aio_write_fails_flushed_and_the_file_is_discarded(
     tmp_path: Path, ring: aio.Ring, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -98,7 +106,7 @@ def test_a_failed_aio_write_fails_flushed_and_the_file_is_discarded(
         return [(ticket, -errno.EIO) for ticket, _ in real_wait(self, block)]
 
     monkeypatch.setattr(aio.Ring, "wait", failing)
-    file = IncomingFile(spool.incoming, writer, made=_made(spool), seal=True, ring=ring)
+    file = _aio_file(spool, writer, ring, expected=None)
     file.write(_dicomish(2 * CHUNK + 5000))
     file.finish()
     with pytest.raises(OSError) as raised:
@@ -126,7 +134,7 @@ def test_a_refused_submission_hands_the_file_to_the_writer_thread(
         return real_submit(self, *args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(aio.Ring, "submit", second_fails)
-    file = IncomingFile(spool.incoming, writer, made=_made(spool), seal=True, ring=ring)
+    file = _aio_file(spool, writer, ring, expected=None)
     data = _dicomish(3 * CHUNK + 100)
     file.write(data)
     file.finish()
@@ -143,9 +151,9 @@ def test_a_record_cut_off_mid_way_waits_for_its_writes_before_it_goes(
 ) -> None:
     spool = _spool(tmp_path)
     writer = DiskWriter()
-    file = IncomingFile(spool.incoming, writer, made=_made(spool), seal=True, ring=ring)
+    file = _aio_file(spool, writer, ring, expected=None)
     file.write(_dicomish(2 * CHUNK + 10))  # two chunks in flight, the rest never comes
-    assert len(ring) == 2 or ring.submitted == 2
+    assert ring.submitted == 2
     file.discard()
     assert len(ring) == 0 and not file.path.exists()
     writer.close()
@@ -156,25 +164,17 @@ def test_the_header_can_be_read_back_before_the_record_is_durable(
 ) -> None:
     spool = _spool(tmp_path)
     writer = DiskWriter()
-    file = IncomingFile(spool.incoming, writer, made=_made(spool), seal=True, ring=ring)
+    file = _aio_file(spool, writer, ring, expected=None)
     data = _dicomish(CHUNK + 3000)
     file.write(data)
     file.finish()
-    file.advance()  # moves on without waiting, as often as asked
-    file.advance()
+    file.advance()  # the last write started (the others waited for)
+    file.advance()  # and then nothing more to do
     file.readable()  # every byte in the file
     assert file.path.read_bytes()[: len(data)] == data
     file.flushed()
     assert file.record and len(ring) == 0
     writer.close()
-
-
-def _aio_file(
-    spool: Spool, writer: DiskWriter, ring: aio.Ring, expected: int | None
-) -> IncomingFile:
-    return IncomingFile(
-        spool.incoming, writer, made=_made(spool), seal=True, ring=ring, expected=expected
-    )
 
 
 def test_the_last_full_chunk_goes_with_the_records_last_write(
