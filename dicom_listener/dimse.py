@@ -376,9 +376,12 @@ class DataPath:
                     file.discard()
         # The next data set's file is opened now, while the sender reads the
         # answer and prepares its next request: not on the way of its arrival.
-        if self._opened is None:
+        # Only when one is left: a take is what keeps the listener from making
+        # more while it is busy, and the next command takes again anyway.
+        temp_files = self.receiver.temp_files
+        if self._opened is None and len(temp_files):
             self._opened = self._made_ahead()
-        if self._opened is None and self._spare is None:
+        if self._opened is None and self._spare is None and len(temp_files) == 0:
             self._spare = prepare(self.receiver.spool.incoming, self._writing, self._seal)
 
     def _send(self, context_id: int, command: bytes) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import pytest
 from pydicom import dcmread
@@ -305,4 +306,31 @@ def test_the_file_opened_for_a_data_set_that_never_comes_goes_back(listener: Run
     left = temp_files.ready()
     assert len(before - left) == 3  # one file used per instance, no more
     assert all(path.exists() and not any(path.read_bytes()) for path in left & before)
+    assert not listener.leftovers()
+
+
+def test_an_empty_stock_is_asked_once_per_data_set(listener: Running) -> None:
+    """With no file made ahead left, only a data set's command asks for one: asking
+    again after each answer as well would keep the listener from ever being quiet
+    long enough to make more while a slow sender trickles instances in."""
+    temp_files = listener.handle.server.receiver.temp_files
+    asked_empty: list[int] = []
+    real_take = incoming.TempFiles.take
+
+    def take(self: incoming.TempFiles) -> Path | None:
+        got = real_take(self)
+        if got is None:
+            asked_empty.append(1)
+        return got
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(incoming.TempFiles, "take", take)
+        patch.setattr(incoming.TempFiles, "_make", lambda self, count: 0)  # none made again
+        while (made := real_take(temp_files)) is not None:  # the stock used up
+            made.unlink()
+        assoc = associate(listener.port, [(CT, [EXPLICIT])])
+        answers = [int(assoc.send_c_store(_ct(300 + i)).Status) for i in range(5)]
+        assoc.release()
+    assert answers == [0] * 5 and _count(listener) == 5
+    assert 0 < len(asked_empty) <= 5
     assert not listener.leftovers()
